@@ -1,0 +1,334 @@
+#!/usr/bin/env bash
+# A throwaway, project-local PostgreSQL cluster for development and tests.
+#
+#   scripts/pg.sh start   NAME PORT          init on first use, start, create database "auth"
+#   scripts/pg.sh stop    NAME PORT          fast shutdown (succeeds when not running)
+#   scripts/pg.sh status  NAME PORT          exit 0 when running on PORT, 1 otherwise
+#   scripts/pg.sh url     NAME PORT [DB]     print the DATABASE_URL (default DB: auth)
+#   scripts/pg.sh psql    NAME PORT [ARGS]   psql against the cluster's "auth" database
+#   scripts/pg.sh destroy NAME PORT          stop and delete everything of NAME
+#
+# Everything lives in .local/pg/NAME/ (gitignored): data/, run/ (unix socket), postgres.log and
+# password (the "postgres" role's password, mode 600). The server listens on 127.0.0.1 only;
+# TCP logins need that password (scram-sha-256), so DATABASE_URL looks like a real one:
+#   postgres://postgres:PASSWORD@127.0.0.1:PORT/auth?sslmode=disable
+# Durability is switched off (fsync, full_page_writes, synchronous_commit): it is throwaway.
+#
+# PostgreSQL refuses to run as root. Run as root, the server runs as the existing user
+# "postgres" (else "nobody"); nothing system-wide is created. If that user cannot reach
+# .local/pg (say the repo is under /root, mode 700), the cluster is kept in a private directory
+# under /tmp and .local/pg/NAME is a symlink to it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+PG_HOME="$ROOT/.local/pg"
+PROG="scripts/pg.sh"
+
+# The environment must not redirect our own connections elsewhere.
+unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE \
+  PGSERVICEFILE PGOPTIONS PGSSLMODE PGDATA PGTARGETSESSIONATTRS PGCONNECT_TIMEOUT
+
+die() { echo "$PROG: $*" >&2; exit 1; }
+say() { echo "$PROG: $*" >&2; }
+
+usage() {
+  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+[[ $# -ge 3 ]] || usage
+CMD="$1"; NAME="$2"; PORT="$3"; shift 3
+case "$CMD" in start | stop | status | url | psql | destroy) ;; *) usage ;; esac
+[[ "$NAME" =~ ^[A-Za-z0-9_-]+$ ]] || die "cluster name must match [A-Za-z0-9_-]+, got '$NAME'"
+if ! [[ "$PORT" =~ ^[0-9]+$ ]] || ((PORT < 1024 || PORT > 65535)); then
+  die "port must be a number from 1024 to 65535, got '$PORT'"
+fi
+
+LINK="$PG_HOME/$NAME"   # what users see; a directory, or a symlink to the /tmp fallback
+BASE=""                 # the real directory, resolved by locate()
+
+# --- who runs the server ------------------------------------------------------------------
+
+RUN_USER=""
+if [[ $EUID -eq 0 ]]; then
+  if id -u postgres >/dev/null 2>&1; then RUN_USER=postgres
+  elif id -u nobody >/dev/null 2>&1; then RUN_USER=nobody
+  else die "running as root, but neither user 'postgres' nor 'nobody' exists to run the server"
+  fi
+  if command -v runuser >/dev/null 2>&1; then
+    as_pg() { (cd / && runuser -u "$RUN_USER" -- "$@"); }
+  elif command -v setpriv >/dev/null 2>&1; then
+    as_pg() { (cd / && setpriv --reuid="$RUN_USER" --regid="$(id -g "$RUN_USER")" --init-groups -- "$@"); }
+  else
+    die "running as root, but neither runuser nor setpriv is available to drop privileges"
+  fi
+  give() { chown "$RUN_USER:$(id -g "$RUN_USER")" "$@"; }
+else
+  as_pg() { "$@"; }
+  give() { :; }
+fi
+
+# --- server binaries ------------------------------------------------------------------------
+
+BINDIR=""
+find_bindir() {
+  local d candidates=()
+  if command -v pg_config >/dev/null 2>&1; then candidates+=("$(pg_config --bindir 2>/dev/null || true)"); fi
+  candidates+=(/usr/lib/postgresql/15/bin)
+  # Another packaged major version, newest first, then whatever is on PATH (Homebrew, Nix, ...).
+  while IFS= read -r d; do candidates+=("$d"); done < <(
+    printf '%s\n' /usr/lib/postgresql/*/bin | grep -v '\*' | sort -t/ -k5,5nr)
+  if command -v initdb >/dev/null 2>&1; then candidates+=("$(dirname "$(command -v initdb)")"); fi
+  for d in "${candidates[@]}"; do
+    if [[ -n "$d" && -x "$d/initdb" && -x "$d/pg_ctl" && -x "$d/postgres" ]]; then BINDIR="$d"; return 0; fi
+  done
+  return 1
+}
+
+need_bindir() {
+  find_bindir && return 0
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    say "PostgreSQL server binaries not found; installing them:"
+    say "+ apt-get update && apt-get install -y postgresql-15"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >&2; }; then
+      die "could not install postgresql-15 (this distribution may not carry it: see https://www.postgresql.org/download/linux/ for the PGDG apt repository)"
+    fi
+    find_bindir && return 0
+  fi
+  die "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found.
+  Install PostgreSQL 15, e.g. on Debian/Ubuntu: sudo apt-get update && sudo apt-get install -y postgresql-15
+  (or put a directory holding initdb on PATH)."
+}
+
+psql_bin() {
+  if [[ -n "$BINDIR" && -x "$BINDIR/psql" ]]; then echo "$BINDIR/psql"
+  elif command -v psql >/dev/null 2>&1; then command -v psql
+  else die "psql not found (install postgresql-client-15)"
+  fi
+}
+
+# --- where the cluster lives ----------------------------------------------------------------
+
+mkdir_public() {  # mkdir DIR mode 755 if missing (a umask of 077 would hide it from RUN_USER)
+  [[ -d "$1" ]] || { mkdir -p "$1" && chmod 755 "$1"; }
+}
+
+# Sets BASE when the cluster exists (dir or live symlink); returns 1 otherwise.
+locate() {
+  if [[ -L "$LINK" && ! -d "$LINK" ]]; then
+    rm -f "$LINK"   # the /tmp fallback vanished (reboot): the cluster is gone
+    return 1
+  fi
+  [[ -d "$LINK" ]] || return 1
+  BASE="$(cd "$LINK" && pwd -P)"
+}
+
+# Creates the cluster directory (not the data) and its password if missing; sets BASE.
+ensure_base() {
+  locate && [[ -s "$BASE/password" ]] && return 0
+  if [[ -z "$BASE" ]]; then
+    mkdir_public "$ROOT/.local"
+    mkdir_public "$PG_HOME"
+    if [[ -n "$RUN_USER" ]] && ! as_pg test -x "$PG_HOME"; then
+      # RUN_USER cannot traverse to the repo (e.g. /root is 700): keep the cluster in a
+      # private, unguessable directory under /tmp instead and point .local/pg/NAME at it.
+      BASE="$(mktemp -d "/tmp/pg.sh-$NAME.XXXXXXXX")"
+      chmod 711 "$BASE"
+      ln -s "$BASE" "$LINK"
+      say "user '$RUN_USER' cannot reach $PG_HOME; cluster kept in $BASE (linked from $LINK)"
+    else
+      mkdir -p "$LINK"
+      chmod 711 "$LINK"
+      BASE="$(cd "$LINK" && pwd -P)"
+    fi
+  fi
+  if [[ ! -s "$BASE/password" ]]; then
+    [[ ! -e "$BASE/data/PG_VERSION" ]] ||
+      die "$LINK/password is missing, so the cluster's password is unknown; run '$PROG destroy $NAME $PORT'"
+    local pw
+    pw="$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+    (umask 077 && printf '%s\n' "$pw" >"$BASE/password.tmp")
+    mv "$BASE/password.tmp" "$BASE/password"
+  fi
+}
+
+password() { tr -d '\n' <"$BASE/password"; }
+
+url_for() {
+  printf 'postgres://postgres:%s@127.0.0.1:%s/%s?sslmode=disable\n' "$(password)" "$PORT" "$1"
+}
+
+# Serialize creating and starting one cluster (parallel make targets may race): two initdb
+# runs or two pg_ctl starts on one data directory must not overlap.
+lock() {
+  mkdir_public "$ROOT/.local"
+  mkdir_public "$PG_HOME"
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$PG_HOME/.lock-$NAME"
+    flock -w 120 9 || die "timed out waiting for $PG_HOME/.lock-$NAME (another $PROG start $NAME?)"
+  fi
+}
+
+# --- server state ---------------------------------------------------------------------------
+
+is_running() {  # running at all (any port)
+  [[ -n "$BASE" && -f "$BASE/data/PG_VERSION" ]] || return 1
+  as_pg "$BINDIR/pg_ctl" status -D "$BASE/data" >/dev/null 2>&1
+}
+
+running_port() {  # line 4 of postmaster.pid is the port
+  as_pg sed -n 4p "$BASE/data/postmaster.pid" 2>/dev/null | tr -d '[:space:]'
+}
+
+write_settings() {
+  local q="'" qq="''" run="$BASE/run"
+  cat >"$BASE/data/pg.sh.conf" <<EOF
+# Written by scripts/pg.sh on every start; edits are lost.
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '${run//$q/$qq}'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+  give "$BASE/data/pg.sh.conf"
+  chmod 600 "$BASE/data/pg.sh.conf"
+}
+
+init_cluster() {
+  local log="$BASE/initdb.log"
+  mkdir -p "$BASE/data" "$BASE/run"
+  chmod 700 "$BASE/data" "$BASE/run"
+  : >"$BASE/postgres.log"
+  : >"$log"
+  give "$BASE/data" "$BASE/run" "$BASE/postgres.log" "$log"
+  # initdb reads the password as RUN_USER, so hand it a copy it owns, removed right after.
+  (umask 077 && password >"$BASE/pwfile.tmp")
+  give "$BASE/pwfile.tmp"
+  if ! as_pg "$BINDIR/initdb" -D "$BASE/data" -U postgres --pwfile="$BASE/pwfile.tmp" \
+    --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale --no-sync \
+    >"$log" 2>&1; then
+    rm -f "$BASE/pwfile.tmp"
+    cat "$log" >&2
+    rm -rf "$BASE/data"
+    die "initdb failed (output above)"
+  fi
+  rm -f "$BASE/pwfile.tmp"
+  printf "\ninclude_if_exists = 'pg.sh.conf'\n" | as_pg tee -a "$BASE/data/postgresql.conf" >/dev/null
+}
+
+check_version() {
+  local have want
+  have="$(cat "$BASE/data/PG_VERSION" 2>/dev/null || as_pg cat "$BASE/data/PG_VERSION")"
+  want="$("$BINDIR/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)?.*/\1/')"
+  [[ "$have" == "$want" ]] ||
+    die "cluster $NAME was created by PostgreSQL $have but $BINDIR is $want; run '$PROG destroy $NAME $PORT' to start over"
+}
+
+ensure_db() {
+  local db="$1" psql
+  psql="$(psql_bin)"
+  if [[ -z "$(as_pg "$psql" -X -q -h "$BASE/run" -p "$PORT" -U postgres -d postgres -tA \
+    -c "select 1 from pg_database where datname = '$db'")" ]]; then
+    as_pg "$psql" -X -q -v ON_ERROR_STOP=1 -h "$BASE/run" -p "$PORT" -U postgres -d postgres \
+      -c "create database \"$db\"" >/dev/null
+  fi
+}
+
+# --- commands -------------------------------------------------------------------------------
+
+cmd_start() {
+  need_bindir
+  lock
+  ensure_base
+  if [[ ! -f "$BASE/data/PG_VERSION" ]]; then
+    init_cluster
+  else
+    check_version
+  fi
+  if is_running; then
+    local p
+    p="$(running_port)"
+    [[ "$p" == "$PORT" ]] ||
+      die "postgres $NAME is already running on port $p, not $PORT; stop it first ('$PROG stop $NAME $p')"
+    ensure_db auth
+    echo "postgres $NAME already running on 127.0.0.1:$PORT"
+    return 0
+  fi
+  write_settings
+  # 9>&-: the server must not inherit the lock, or it would hold it for as long as it runs.
+  if ! as_pg "$BINDIR/pg_ctl" start -w -t 60 -D "$BASE/data" -l "$BASE/postgres.log" \
+    >/dev/null 2>&1 9>&-; then
+    say "postgres $NAME failed to start; last lines of $LINK/postgres.log:"
+    tail -n 20 "$BASE/postgres.log" >&2 || true
+    exit 1
+  fi
+  ensure_db auth
+  echo "postgres $NAME running on 127.0.0.1:$PORT"
+}
+
+cmd_stop() {
+  locate || return 0
+  need_bindir
+  if is_running; then
+    as_pg "$BINDIR/pg_ctl" stop -w -m fast -D "$BASE/data" >/dev/null
+    echo "postgres $NAME stopped"
+  fi
+}
+
+cmd_status() {
+  locate || { echo "postgres $NAME not initialized"; return 1; }
+  find_bindir || { echo "postgres $NAME: no server binaries"; return 1; }
+  if is_running; then
+    local p
+    p="$(running_port)"
+    if [[ "$p" == "$PORT" ]]; then
+      echo "postgres $NAME running on 127.0.0.1:$PORT"
+      return 0
+    fi
+    echo "postgres $NAME running on port $p, not $PORT"
+    return 1
+  fi
+  echo "postgres $NAME not running"
+  return 1
+}
+
+cmd_url() {
+  local db="${1:-auth}"
+  [[ "$db" =~ ^[A-Za-z0-9_]+$ ]] || die "database name must match [A-Za-z0-9_]+, got '$db'"
+  # Creates the password (not the cluster) if needed, so the URL is known before the first start.
+  if ! { locate && [[ -s "$BASE/password" ]]; }; then
+    lock
+    ensure_base
+  fi
+  url_for "$db"
+}
+
+cmd_psql() {
+  locate && [[ -s "$BASE/password" ]] || die "postgres $NAME is not initialized; run '$PROG start $NAME $PORT'"
+  find_bindir || true
+  exec "$(psql_bin)" "$(url_for auth)" "$@"
+}
+
+cmd_destroy() {
+  cmd_stop
+  lock
+  if locate; then
+    rm -rf "$BASE"
+    if [[ -L "$LINK" ]]; then rm -f "$LINK"; fi
+  fi
+  rm -f "$PG_HOME/.lock-$NAME"
+  echo "postgres $NAME destroyed"
+}
+
+case "$CMD" in
+  start) [[ $# -eq 0 ]] || usage; cmd_start ;;
+  stop) [[ $# -eq 0 ]] || usage; cmd_stop ;;
+  status) [[ $# -eq 0 ]] || usage; cmd_status ;;
+  url) [[ $# -le 1 ]] || usage; cmd_url "$@" ;;
+  psql) cmd_psql "$@" ;;
+  destroy) [[ $# -eq 0 ]] || usage; cmd_destroy ;;
+  *) usage ;;
+esac

@@ -1,0 +1,242 @@
+//! Every setting of the service, read once per cold start from the environment, typed and
+//! validated. A missing or invalid setting is an error that names the variable, so the function
+//! fails at init instead of serving with a guessed value. Secrets are redacted in `Debug`.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+/// Default `iss` and `aud` claim values when `JWT_ISSUER` / `JWT_AUDIENCE` are not set.
+pub const DEFAULT_ISSUER: &str = "auth-lambda";
+/// See [`DEFAULT_ISSUER`].
+pub const DEFAULT_AUDIENCE: &str = "auth-lambda";
+/// The fewest bytes `JWT_SECRET` may have (HS256 keys shorter than the hash are weak).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// A setting that must never reach a log: `Debug` prints `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself; call it only where the value is used, never to log it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A setting was missing or invalid. The message names the variable, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error: {variable} {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            variable,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// argon2id cost parameters (RFC 9106 / OWASP: m=19456 KiB, t=2, p=1 by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Settings {
+    /// Memory in KiB (`ARGON2_MEMORY_KIB`).
+    pub memory_kib: u32,
+    /// Passes over memory (`ARGON2_ITERATIONS`).
+    pub iterations: u32,
+    /// Lanes (`ARGON2_PARALLELISM`).
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Settings {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// The service's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`: a postgres:// URL, Neon's console form included.
+    pub database_url: Secret<String>,
+    /// `PGSSLROOTCERT`: PEM file of roots trusted for the database's TLS (system roots otherwise).
+    pub ssl_root_cert: Option<PathBuf>,
+    /// `DATABASE_POOL_MAX_SIZE` (1): one Lambda instance serves one request at a time.
+    pub pool_max_size: usize,
+    /// `DATABASE_TIMEOUT_MS` (3000): bound on every database call, connecting included.
+    pub db_timeout: Duration,
+    /// `JWT_SECRET`: HS256 key, at least 32 bytes.
+    pub jwt_secret: Secret<Vec<u8>>,
+    /// `JWT_ISSUER`: the `iss` claim.
+    pub jwt_issuer: String,
+    /// `JWT_AUDIENCE`: the `aud` claim.
+    pub jwt_audience: String,
+    /// `ACCESS_TOKEN_TTL_SECONDS` (900).
+    pub access_token_ttl: Duration,
+    /// `PASSWORD_MIN_LENGTH` (12, from 8 to 64), in Unicode code points after NFKC.
+    pub password_min_length: usize,
+    /// `ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`, `ARGON2_PARALLELISM`.
+    pub argon2: Argon2Settings,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment in production, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+
+        let database_url = get("DATABASE_URL")
+            .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required (a postgres:// URL)"))?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must be a postgres:// or postgresql:// URL",
+            ));
+        }
+
+        let jwt_secret = get("JWT_SECRET").ok_or_else(|| {
+            ConfigError::new("JWT_SECRET", "is required (at least 32 random bytes)")
+        })?;
+        if jwt_secret.len() < MIN_JWT_SECRET_BYTES {
+            return Err(ConfigError::new(
+                "JWT_SECRET",
+                format!("must be at least {MIN_JWT_SECRET_BYTES} bytes long"),
+            ));
+        }
+
+        let number =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                match get(name) {
+                    None => Ok(default),
+                    Some(raw) => match raw.trim().parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(n),
+                        _ => Err(ConfigError::new(
+                            name,
+                            format!("must be a whole number from {min} to {max}"),
+                        )),
+                    },
+                }
+            };
+
+        let argon2 = Argon2Settings {
+            memory_kib: number("ARGON2_MEMORY_KIB", 19_456, 8_192, 1_048_576)? as u32,
+            iterations: number("ARGON2_ITERATIONS", 2, 1, 16)? as u32,
+            parallelism: number("ARGON2_PARALLELISM", 1, 1, 16)? as u32,
+        };
+
+        Ok(Self {
+            database_url: Secret::new(database_url),
+            ssl_root_cert: get("PGSSLROOTCERT").map(PathBuf::from),
+            pool_max_size: number("DATABASE_POOL_MAX_SIZE", 1, 1, 100)? as usize,
+            db_timeout: Duration::from_millis(number("DATABASE_TIMEOUT_MS", 3_000, 100, 20_000)?),
+            jwt_secret: Secret::new(jwt_secret.into_bytes()),
+            jwt_issuer: get("JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.to_owned()),
+            jwt_audience: get("JWT_AUDIENCE").unwrap_or_else(|| DEFAULT_AUDIENCE.to_owned()),
+            access_token_ttl: Duration::from_secs(number(
+                "ACCESS_TOKEN_TTL_SECONDS",
+                900,
+                30,
+                86_400,
+            )?),
+            password_min_length: number("PASSWORD_MIN_LENGTH", 12, 8, 64)? as usize,
+            argon2,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const URL: &str = "postgres://app:hunter2-secret@ep-x-pooler.neon.tech/db?sslmode=require";
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = config(&[("DATABASE_URL", URL), ("JWT_SECRET", SECRET)]).expect("valid");
+        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.password_min_length, 12);
+        assert_eq!(c.pool_max_size, 1);
+        assert_eq!(
+            c.argon2,
+            Argon2Settings {
+                memory_kib: 19_456,
+                iterations: 2,
+                parallelism: 1
+            }
+        );
+        assert_eq!(c.jwt_issuer, DEFAULT_ISSUER);
+        assert_eq!(c.jwt_audience, DEFAULT_AUDIENCE);
+    }
+
+    #[test]
+    fn a_short_or_missing_jwt_secret_stops_init_and_names_the_setting() {
+        let e = config(&[("DATABASE_URL", URL), ("JWT_SECRET", "short")]).expect_err("short");
+        assert_eq!(e.variable, "JWT_SECRET");
+        let e = config(&[("DATABASE_URL", URL)]).expect_err("missing");
+        assert_eq!(e.variable, "JWT_SECRET");
+        let e = config(&[("JWT_SECRET", SECRET)]).expect_err("missing url");
+        assert_eq!(e.variable, "DATABASE_URL");
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused() {
+        for (k, v) in [
+            ("PASSWORD_MIN_LENGTH", "7"),
+            ("PASSWORD_MIN_LENGTH", "65"),
+            ("ACCESS_TOKEN_TTL_SECONDS", "ten"),
+            ("DATABASE_POOL_MAX_SIZE", "0"),
+        ] {
+            let e = config(&[("DATABASE_URL", URL), ("JWT_SECRET", SECRET), (k, v)]).expect_err(k);
+            assert_eq!(e.variable, k);
+        }
+        let c = config(&[
+            ("DATABASE_URL", URL),
+            ("JWT_SECRET", SECRET),
+            ("PASSWORD_MIN_LENGTH", "8"),
+        ]);
+        assert_eq!(c.expect("8 is allowed").password_min_length, 8);
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let c = config(&[("DATABASE_URL", URL), ("JWT_SECRET", SECRET)]).expect("valid");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains(SECRET), "{shown}");
+        let e = config(&[("DATABASE_URL", URL), ("JWT_SECRET", "tooshort")]).expect_err("short");
+        assert!(!e.to_string().contains("tooshort"));
+    }
+}

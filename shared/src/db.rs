@@ -1,0 +1,448 @@
+//! The database connection: a deadpool-postgres pool built once per cold start, TLS through
+//! postgres-native-tls whenever the URL asks for it, libpq URL conventions that tokio-postgres
+//! lacks (`sslmode=verify-ca|verify-full`, `sslrootcert`), one bounded deadline per call, and
+//! one retry on a fresh connection when the old one turned out to be dead (a frozen Lambda's
+//! socket, a Neon compute that scaled to zero, a restarted server).
+//!
+//! Queries go through [`Db::query`], which uses `query_typed`: an unnamed statement with
+//! explicit parameter types, so one round trip and nothing that a transaction-mode pooler
+//! (PgBouncer, Neon's `-pooler` host) could lose between transactions.
+
+use crate::config::{Config, ConfigError};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+use tokio::time::{Instant, timeout_at};
+use tokio_postgres::{
+    Row,
+    config::SslMode,
+    error::SqlState,
+    types::{ToSql, Type},
+};
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u64 = 2;
+
+/// A query parameter with its explicit type, as `query_typed` takes it.
+pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// How a database call failed, as the callers need to tell it apart.
+#[derive(Debug)]
+pub enum DbError {
+    /// No answer in time, or no connection could be made: the service is unavailable.
+    Unavailable,
+    /// A unique constraint refused the row. `retried` tells whether this was the second try
+    /// of a call whose first try may have committed before its connection died.
+    UniqueViolation {
+        /// The constraint's name.
+        constraint: Option<String>,
+        /// Whether the call had been retried.
+        retried: bool,
+    },
+    /// Anything else the server or driver reported (a bug, a schema mismatch).
+    Query(tokio_postgres::Error),
+}
+
+/// How the server's TLS certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `false` only for `sslmode=disable`.
+    pub enabled: bool,
+    /// `false` only for `sslmode=verify-ca`, which checks the chain but not the host name.
+    pub verify_hostname: bool,
+    /// PEM roots to trust instead of the system's.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// The URL split into what tokio-postgres understands and what we handle ourselves.
+#[derive(Debug)]
+pub struct ConnectionSettings {
+    /// Parsed connection settings.
+    pub pg: tokio_postgres::Config,
+    /// TLS verification settings.
+    pub tls: TlsSettings,
+}
+
+/// Parses a libpq-style URL. Certificates are always verified, host name included, except
+/// under `sslmode=verify-ca` (chain only, as libpq defines it) and `sslmode=disable` (no TLS).
+/// `sslrootcert` in the URL wins over `PGSSLROOTCERT`; `sslrootcert=system` means the system roots.
+pub fn connection_settings(
+    url: &str,
+    env_root_cert: Option<&Path>,
+) -> Result<ConnectionSettings, ConfigError> {
+    let bad = |problem: &str| ConfigError {
+        variable: "DATABASE_URL",
+        problem: problem.to_owned(),
+    };
+    let mut parsed = url::Url::parse(url).map_err(|_| bad("is not a valid URL"))?;
+    let mut tls = TlsSettings {
+        enabled: true,
+        verify_hostname: true,
+        root_cert: env_root_cert.map(Path::to_path_buf),
+    };
+    let mut kept: Vec<(String, String)> = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        match (key.as_ref(), value.as_ref()) {
+            ("sslmode", "disable") => {
+                tls.enabled = false;
+                kept.push(("sslmode".into(), "disable".into()));
+            }
+            ("sslmode", "allow" | "prefer") => kept.push(("sslmode".into(), "prefer".into())),
+            ("sslmode", "require" | "verify-full") => {
+                kept.push(("sslmode".into(), "require".into()))
+            }
+            ("sslmode", "verify-ca") => {
+                tls.verify_hostname = false;
+                kept.push(("sslmode".into(), "require".into()));
+            }
+            ("sslmode", _) => return Err(bad("has an unknown sslmode")),
+            ("sslrootcert", "system") => tls.root_cert = None,
+            ("sslrootcert", path) => tls.root_cert = Some(PathBuf::from(path)),
+            (k, v) => kept.push((k.to_owned(), v.to_owned())),
+        }
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let pg = tokio_postgres::Config::from_str(parsed.as_str())
+        .map_err(|_| bad("could not be parsed as a PostgreSQL connection URL"))?;
+    if pg.get_ssl_mode() == SslMode::Disable {
+        tls.enabled = false;
+    }
+    Ok(ConnectionSettings { pg, tls })
+}
+
+fn tls_connector(tls: &TlsSettings) -> Result<postgres_native_tls::MakeTlsConnector, ConfigError> {
+    let bad = |variable: &'static str, problem: &str| ConfigError {
+        variable,
+        problem: problem.to_owned(),
+    };
+    let mut builder = native_tls::TlsConnector::builder();
+    builder.danger_accept_invalid_hostnames(!tls.verify_hostname);
+    if let Some(path) = &tls.root_cert {
+        let pem = std::fs::read(path)
+            .map_err(|_| bad("PGSSLROOTCERT", "names a file that cannot be read"))?;
+        let mut found = 0;
+        for block in split_pem_certificates(&pem) {
+            let cert = native_tls::Certificate::from_pem(block)
+                .map_err(|_| bad("PGSSLROOTCERT", "holds a certificate that cannot be parsed"))?;
+            builder.add_root_certificate(cert);
+            found += 1;
+        }
+        if found == 0 {
+            return Err(bad("PGSSLROOTCERT", "holds no PEM certificate"));
+        }
+        builder.disable_built_in_roots(true);
+    }
+    let connector = builder
+        .build()
+        .map_err(|_| bad("DATABASE_URL", "TLS could not be set up"))?;
+    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
+/// Splits a PEM bundle into its certificates (native-tls reads one at a time).
+fn split_pem_certificates(pem: &[u8]) -> Vec<&[u8]> {
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(start) = find(rest, b"-----BEGIN CERTIFICATE-----") {
+        let Some(end) = find(&rest[start..], END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        out.push(&rest[start..stop]);
+        rest = &rest[stop..];
+    }
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The pool and the per-call deadline. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("status", &self.pool.status())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Db {
+    /// Builds the pool from the settings. No connection is made here.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        Self::new(
+            config.database_url.expose(),
+            config.ssl_root_cert.as_deref(),
+            config.pool_max_size,
+            config.db_timeout,
+        )
+    }
+
+    /// Builds a pool for `url` (TLS roots, size and deadline given). No connection is made here.
+    pub fn new(
+        url: &str,
+        ssl_root_cert: Option<&Path>,
+        max_size: usize,
+        timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let settings = connection_settings(url, ssl_root_cert)?;
+        let mut pg = settings.pg;
+        pg.connect_timeout(timeout);
+        // A peer that stops acknowledging (a frozen or vanished compute) fails writes in bounded time.
+        pg.tcp_user_timeout(timeout);
+        pg.keepalives(true);
+        if pg.get_application_name().is_none() {
+            pg.application_name("auth-lambda");
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if settings.tls.enabled {
+            Manager::from_config(pg, tls_connector(&settings.tls)?, manager_config)
+        } else {
+            Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
+        };
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|_| ConfigError {
+                variable: "DATABASE_POOL_MAX_SIZE",
+                problem: "is not usable".into(),
+            })?;
+        Ok(Self { pool, timeout })
+    }
+
+    /// Opens a connection ahead of the first request (at init, where Lambda gives full CPU).
+    /// A failure is only logged: the first request will try again and answer 503 if it must.
+    pub async fn warm_up(&self) {
+        match timeout_at(Instant::now() + self.timeout, self.pool.get()).await {
+            Ok(Ok(_client)) => tracing::debug!("database connection opened at init"),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %pool_error_summary(&error), "database not reachable at init")
+            }
+            Err(_) => tracing::warn!("database connection at init timed out"),
+        }
+    }
+
+    /// A pooled connection for administrative work (the CLI, tests); requests use [`Db::query`].
+    pub async fn connection(&self) -> Result<Object, DbError> {
+        match timeout_at(Instant::now() + self.timeout, self.pool.get()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(PoolError::Backend(error))) => Err(DbError::Query(error)),
+            _ => Err(DbError::Unavailable),
+        }
+    }
+
+    /// Runs one statement and returns its rows, within the call's deadline, retrying once on a
+    /// fresh connection if the first one was dead.
+    pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        let deadline = Instant::now() + self.timeout;
+        match self.attempt(sql, params, deadline).await {
+            Err(Failure::Connection(reason)) => {
+                tracing::warn!(
+                    reason,
+                    "database connection lost; retrying once on a new connection"
+                );
+                match self.attempt(sql, params, deadline).await {
+                    Ok(rows) => Ok(rows),
+                    Err(failure) => Err(failure.into_error(true)),
+                }
+            }
+            other => other.map_err(|f| f.into_error(false)),
+        }
+    }
+
+    /// Like [`Db::query`], for statements that return at most one row.
+    pub async fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    async fn attempt(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        deadline: Instant,
+    ) -> Result<Vec<Row>, Failure> {
+        let client = match timeout_at(deadline, self.pool.get()).await {
+            Err(_) | Ok(Err(PoolError::Timeout(_))) => return Err(Failure::Timeout),
+            Ok(Err(error)) => return Err(Failure::Connect(pool_error_summary(&error))),
+            Ok(Ok(client)) => client,
+        };
+        match timeout_at(deadline, client.query_typed(sql, params)).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(error)) if is_connection_error(&error) => {
+                // Keep the dead connection out of the pool.
+                drop(Object::take(client));
+                Err(Failure::Connection(connection_error_summary(&error)))
+            }
+            Ok(Err(error)) => Err(Failure::Query(error)),
+            Err(_) => {
+                // The connection may be stuck mid-query: never hand it out again.
+                drop(Object::take(client));
+                Err(Failure::Timeout)
+            }
+        }
+    }
+}
+
+enum Failure {
+    Timeout,
+    Connect(String),
+    Connection(&'static str),
+    Query(tokio_postgres::Error),
+}
+
+impl Failure {
+    fn into_error(self, retried: bool) -> DbError {
+        match self {
+            Self::Timeout => {
+                tracing::error!(retried, "database call timed out");
+                DbError::Unavailable
+            }
+            Self::Connect(error) => {
+                tracing::error!(error, retried, "could not connect to the database");
+                DbError::Unavailable
+            }
+            Self::Connection(reason) => {
+                tracing::error!(reason, retried, "database connection lost");
+                DbError::Unavailable
+            }
+            Self::Query(error) => match error.as_db_error() {
+                Some(db) if *db.code() == SqlState::UNIQUE_VIOLATION => DbError::UniqueViolation {
+                    constraint: db.constraint().map(str::to_owned),
+                    retried,
+                },
+                _ => DbError::Query(error),
+            },
+        }
+    }
+}
+
+/// Errors that mean the connection, not the statement, failed: retrying on a new connection
+/// is safe for them and only for them.
+fn is_connection_error(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        // 08: connection exception; 57P01..57P03: admin/crash shutdown, cannot connect now
+        // (what a Neon compute suspending sends: "terminating connection due to administrator command").
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03");
+    }
+    std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+fn connection_error_summary(error: &tokio_postgres::Error) -> &'static str {
+    match error.as_db_error() {
+        Some(_) => "server ended the session",
+        None if error.is_closed() => "connection closed",
+        None => "i/o error",
+    }
+}
+
+/// A log-safe summary: the driver's own text names no password, but keep it to the kind.
+fn pool_error_summary(error: &PoolError) -> String {
+    match error {
+        PoolError::Backend(e) => match e.as_db_error() {
+            Some(db) => format!("server refused the connection ({})", db.code().code()),
+            None => e.to_string(),
+        },
+        PoolError::Timeout(kind) => format!("timeout ({kind:?})"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_neon_console_url_is_accepted_as_is() {
+        let url = "postgresql://neondb_owner:npg_secret@ep-cool-darkness-a1b2c3d4-pooler.eu-central-1.aws.neon.tech/neondb?sslmode=require&channel_binding=require";
+        let s = connection_settings(url, None).expect("parses");
+        assert_eq!(s.pg.get_ssl_mode(), SslMode::Require);
+        assert_eq!(s.pg.get_dbname(), Some("neondb"));
+        assert_eq!(s.pg.get_user(), Some("neondb_owner"));
+        assert_eq!(
+            s.tls,
+            TlsSettings {
+                enabled: true,
+                verify_hostname: true,
+                root_cert: None
+            }
+        );
+    }
+
+    #[test]
+    fn verify_full_and_verify_ca_map_to_verified_tls() {
+        let s = connection_settings(
+            "postgres://u:p@db.example.com/db?sslmode=verify-full&sslrootcert=/tmp/ca.pem",
+            None,
+        )
+        .expect("parses");
+        assert_eq!(s.pg.get_ssl_mode(), SslMode::Require);
+        assert_eq!(s.tls.root_cert.as_deref(), Some(Path::new("/tmp/ca.pem")));
+        assert!(s.tls.verify_hostname);
+        let s = connection_settings(
+            "postgres://u:p@db.example.com/db?sslmode=verify-ca",
+            Some(Path::new("/env.pem")),
+        )
+        .expect("parses");
+        assert!(!s.tls.verify_hostname);
+        assert_eq!(s.tls.root_cert.as_deref(), Some(Path::new("/env.pem")));
+        let s = connection_settings(
+            "postgres://u:p@h/db?sslrootcert=system",
+            Some(Path::new("/env.pem")),
+        )
+        .expect("parses");
+        assert_eq!(s.tls.root_cert, None);
+    }
+
+    #[test]
+    fn sslmode_disable_turns_tls_off_and_bad_urls_name_the_setting() {
+        let s = connection_settings("postgres://u:p@127.0.0.1:5432/auth?sslmode=disable", None)
+            .expect("parses");
+        assert!(!s.tls.enabled);
+        for bad in [
+            "not a url",
+            "postgres://u:p@h/db?sslmode=sometimes",
+            "postgres://u:p@h/db?frobnicate=1",
+        ] {
+            let e = connection_settings(bad, None).expect_err(bad);
+            assert_eq!(e.variable, "DATABASE_URL");
+            assert!(!e.to_string().contains("u:p"), "{e}");
+        }
+    }
+
+    #[test]
+    fn pem_bundles_are_split_into_certificates() {
+        let pem = b"junk\n-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        let certs = split_pem_certificates(pem);
+        assert_eq!(certs.len(), 2);
+        assert!(
+            certs[1].starts_with(b"-----BEGIN") && certs[1].ends_with(b"-----END CERTIFICATE-----")
+        );
+        assert!(split_pem_certificates(b"nothing").is_empty());
+    }
+}

@@ -1,0 +1,199 @@
+//! The one error type of the service. Every way a request can fail is a variant here, and each
+//! variant knows its HTTP status, its stable machine-readable `code` and a human `detail` that
+//! never carries internals. `http.rs` turns it into an RFC 9457 problem document.
+
+use std::fmt;
+
+/// Why a request failed, as the client is allowed to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// 400: the body is not a JSON object (or not UTF-8, or not JSON at all).
+    InvalidJson,
+    /// 400: a field is missing or has the wrong type; the detail names the field.
+    InvalidRequest(String),
+    /// 413: the body is over [`crate::http::MAX_BODY_BYTES`].
+    PayloadTooLarge,
+    /// 415: the content type is missing or not `application/json`.
+    UnsupportedMediaType,
+    /// 422: the email breaks the rules of API.md; the detail says which.
+    InvalidEmail(&'static str),
+    /// 422: the password is too short, too long or holds control characters.
+    InvalidPassword(String),
+    /// 422: the password is common, guessable, or equals the email.
+    WeakPassword,
+    /// 409: an account with this (normalized) email exists.
+    EmailTaken,
+    /// 401: unknown email or wrong password; one body for both.
+    InvalidCredentials,
+    /// 403: the password was right but the account is disabled.
+    AccountDisabled,
+    /// 401: no `Authorization: Bearer` header.
+    MissingToken,
+    /// 401: the bearer token is malformed, forged, for someone else, or its user is gone.
+    InvalidToken,
+    /// 401: the bearer token's `exp` has passed, beyond the leeway.
+    TokenExpired,
+    /// 429: a rate limit was hit; retry after this many seconds.
+    TooManyRequests { retry_after_secs: u64 },
+    /// 503: the database could not be reached in time; retry after this many seconds.
+    ServiceUnavailable { retry_after_secs: u64 },
+    /// 500: anything else. The cause is logged where it happens, never sent.
+    Internal,
+}
+
+impl AuthError {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::InvalidJson | Self::InvalidRequest(_) => 400,
+            Self::PayloadTooLarge => 413,
+            Self::UnsupportedMediaType => 415,
+            Self::InvalidEmail(_) | Self::InvalidPassword(_) | Self::WeakPassword => 422,
+            Self::EmailTaken => 409,
+            Self::InvalidCredentials
+            | Self::MissingToken
+            | Self::InvalidToken
+            | Self::TokenExpired => 401,
+            Self::AccountDisabled => 403,
+            Self::TooManyRequests { .. } => 429,
+            Self::ServiceUnavailable { .. } => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// The stable, machine-readable code of API.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::InvalidEmail(_) => "invalid_email",
+            Self::InvalidPassword(_) => "invalid_password",
+            Self::WeakPassword => "weak_password",
+            Self::EmailTaken => "email_taken",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::AccountDisabled => "account_disabled",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::TokenExpired => "token_expired",
+            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::ServiceUnavailable { .. } => "service_unavailable",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    /// The reason phrase of the status, used as the problem's `title`.
+    pub fn title(&self) -> &'static str {
+        match self.status() {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            409 => "Conflict",
+            413 => "Content Too Large",
+            415 => "Unsupported Media Type",
+            422 => "Unprocessable Content",
+            429 => "Too Many Requests",
+            503 => "Service Unavailable",
+            _ => "Internal Server Error",
+        }
+    }
+
+    /// A sentence for people. Never holds SQL, library errors or secrets.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::InvalidJson => "The request body must be a JSON object.".into(),
+            Self::InvalidRequest(detail) => detail.clone(),
+            Self::PayloadTooLarge => "The request body must not exceed 16 KiB.".into(),
+            Self::UnsupportedMediaType => "The request body must be sent as application/json.".into(),
+            Self::InvalidEmail(why) => format!("The email address is not valid: {why}."),
+            Self::InvalidPassword(detail) => detail.clone(),
+            Self::WeakPassword => {
+                "The password is too common or too easy to guess; choose a longer, less predictable one."
+                    .into()
+            }
+            Self::EmailTaken => "An account with this email already exists.".into(),
+            Self::InvalidCredentials => "The email or password is incorrect.".into(),
+            Self::AccountDisabled => "This account is disabled.".into(),
+            Self::MissingToken => "This resource needs an `Authorization: Bearer` access token.".into(),
+            Self::InvalidToken => "The access token is not valid.".into(),
+            Self::TokenExpired => "The access token has expired.".into(),
+            Self::TooManyRequests { .. } => "Too many attempts; try again later.".into(),
+            Self::ServiceUnavailable { .. } => {
+                "The service is temporarily unavailable; try again shortly.".into()
+            }
+            Self::Internal => "An unexpected error occurred.".into(),
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, where the error calls for one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::TooManyRequests { retry_after_secs }
+            | Self::ServiceUnavailable { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.code(), self.status())
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_has_a_distinct_code_and_a_detail_without_internals() {
+        let all = [
+            AuthError::InvalidJson,
+            AuthError::InvalidRequest("x".into()),
+            AuthError::PayloadTooLarge,
+            AuthError::UnsupportedMediaType,
+            AuthError::InvalidEmail("x"),
+            AuthError::InvalidPassword("x".into()),
+            AuthError::WeakPassword,
+            AuthError::EmailTaken,
+            AuthError::InvalidCredentials,
+            AuthError::AccountDisabled,
+            AuthError::MissingToken,
+            AuthError::InvalidToken,
+            AuthError::TokenExpired,
+            AuthError::TooManyRequests {
+                retry_after_secs: 1,
+            },
+            AuthError::ServiceUnavailable {
+                retry_after_secs: 1,
+            },
+            AuthError::Internal,
+        ];
+        let codes: std::collections::HashSet<_> = all.iter().map(AuthError::code).collect();
+        assert_eq!(codes.len(), all.len());
+        for e in &all {
+            assert!(!e.detail().is_empty());
+            assert_ne!(e.title(), "", "{e}");
+        }
+    }
+
+    #[test]
+    fn the_status_table_matches_the_contract() {
+        assert_eq!(AuthError::EmailTaken.status(), 409);
+        assert_eq!(AuthError::AccountDisabled.status(), 403);
+        assert_eq!(AuthError::TokenExpired.status(), 401);
+        assert_eq!(AuthError::PayloadTooLarge.status(), 413);
+        assert_eq!(AuthError::Internal.title(), "Internal Server Error");
+        assert_eq!(
+            AuthError::ServiceUnavailable {
+                retry_after_secs: 2
+            }
+            .retry_after_secs(),
+            Some(2)
+        );
+        assert_eq!(AuthError::InvalidToken.retry_after_secs(), None);
+    }
+}

@@ -1,0 +1,327 @@
+//! The only module that knows Lambda and HTTP types: it turns a `lambda_http::Request` into
+//! the plain arguments of `auth`, and results and [`AuthError`]s into responses — JSON bodies,
+//! RFC 9457 problem documents, and the headers the contract asks for.
+
+pub mod handlers;
+
+use crate::{AppState, error::AuthError};
+use lambda_http::{
+    Body, Request, Response,
+    http::{
+        HeaderMap, HeaderValue, StatusCode,
+        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE},
+    },
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The largest request body accepted (API.md: 16 KiB).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+/// Parses the request body as a JSON object: 413 over the size limit, 415 unless the content
+/// type is `application/json` (a `charset=utf-8` parameter is fine), 400 `invalid_json` for
+/// anything that is not UTF-8 JSON holding an object.
+pub fn json_object(req: &Request) -> Result<Map<String, Value>, AuthError> {
+    let bytes: &[u8] = req.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(AuthError::PayloadTooLarge);
+    }
+    if !is_json_content_type(req.headers()) {
+        return Err(AuthError::UnsupportedMediaType);
+    }
+    // serde_json refuses invalid UTF-8 and lone surrogates, both `invalid_json`.
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AuthError::InvalidJson),
+    }
+}
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut parts = value.split(';');
+    let media_type = parts.next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    parts.all(|param| match param.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        Some(_) => true,
+        None => param.trim().is_empty(),
+    })
+}
+
+/// A required string field of a JSON object; `invalid_request` naming the field otherwise.
+pub fn string_field(object: &Map<String, Value>, name: &str) -> Result<String, AuthError> {
+    match object.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(AuthError::InvalidRequest(format!(
+            "The field `{name}` must be a string."
+        ))),
+        None => Err(AuthError::InvalidRequest(format!(
+            "The field `{name}` is required."
+        ))),
+    }
+}
+
+/// What the `Authorization` header holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bearer<'a> {
+    /// No header, or a scheme other than Bearer.
+    Missing,
+    /// A Bearer credential (possibly empty).
+    Token(&'a str),
+}
+
+/// Reads `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110).
+pub fn bearer(req: &Request) -> Bearer<'_> {
+    let Some(value) = req.headers().get(AUTHORIZATION) else {
+        return Bearer::Missing;
+    };
+    let Ok(value) = value.to_str() else {
+        return Bearer::Token("");
+    };
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Bearer::Token(rest.trim())
+    } else {
+        Bearer::Missing
+    }
+}
+
+/// A JSON response with `Cache-Control: no-store` (auth responses are personal).
+pub fn json<T: Serialize>(status: u16, body: &T) -> Response<Body> {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = respond(status, Body::Binary(bytes));
+            response.headers_mut().insert(CONTENT_TYPE, JSON);
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "response serialization failed");
+            problem(&AuthError::Internal)
+        }
+    }
+}
+
+fn respond(status: u16, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(CACHE_CONTROL, NO_STORE);
+    response
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: &'static str,
+    title: &'static str,
+    status: u16,
+    code: &'static str,
+    detail: &'a str,
+}
+
+/// An RFC 9457 problem document for `error`, with `WWW-Authenticate` on every 401 (RFC 6750
+/// form: `error="invalid_token"` only where a bearer token was sent) and `Retry-After` on 429
+/// and 503.
+pub fn problem(error: &AuthError) -> Response<Body> {
+    let detail = error.detail();
+    let body = Problem {
+        r#type: "about:blank",
+        title: error.title(),
+        status: error.status(),
+        code: error.code(),
+        detail: &detail,
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = respond(error.status(), Body::Binary(bytes));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, PROBLEM_JSON);
+    let challenge = match error {
+        AuthError::InvalidToken => Some(
+            r#"Bearer realm="auth", error="invalid_token", error_description="The access token is not valid""#,
+        ),
+        AuthError::TokenExpired => Some(
+            r#"Bearer realm="auth", error="invalid_token", error_description="The access token expired""#,
+        ),
+        e if e.status() == 401 => Some(r#"Bearer realm="auth""#),
+        _ => None,
+    };
+    if let Some(challenge) = challenge {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    if let Some(seconds) = error.retry_after_secs() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// Renders an operation's outcome: `ok` on success, a problem document on failure.
+pub fn render<T>(
+    result: Result<T, AuthError>,
+    ok: impl FnOnce(T) -> Response<Body>,
+) -> Response<Body> {
+    match result {
+        Ok(value) => ok(value),
+        Err(error) => problem(&error),
+    }
+}
+
+/// The body of every function's `main`: logging (JSON under `AWS_LAMBDA_LOG_FORMAT=JSON`),
+/// the state built once per cold start (a bad setting fails init with a message naming it), a
+/// database connection opened during init, then the runtime loop. The state lives as long as
+/// the process, so it is leaked into a `'static` reference rather than reference-counted.
+pub async fn run<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+where
+    F: Fn(&'static AppState, Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
+{
+    lambda_http::tracing::init_default_subscriber();
+    let state = AppState::from_env().inspect_err(|error| tracing::error!(%error, "init failed"))?;
+    let state: &'static AppState = Box::leak(Box::new(state));
+    state.db.warm_up().await;
+    lambda_http::run(lambda_http::service_fn(move |req| handler(state, req))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::http::Request as HttpRequest;
+
+    fn request(content_type: Option<&str>, body: impl Into<Body>) -> Request {
+        let mut builder = HttpRequest::builder().method("POST").uri("/auth/login");
+        if let Some(ct) = content_type {
+            builder = builder.header(CONTENT_TYPE, ct);
+        }
+        builder.body(body.into()).expect("request")
+    }
+
+    #[test]
+    fn content_type_must_be_json_with_an_optional_utf8_charset() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(json_object(&request(Some(ok), "{}")).is_ok(), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("text/plain"),
+            Some("application/json; charset=latin1"),
+            Some("application/jsonx"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
+            assert_eq!(
+                json_object(&request(bad, "{}")).err(),
+                Some(AuthError::UnsupportedMediaType),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_utf8_json_objects_are_accepted() {
+        for bad in ["", "[]", "\"s\"", "null", "1", "{", "{\"a\":\"\\ud800\"}"] {
+            assert_eq!(
+                json_object(&request(Some("application/json"), bad)).err(),
+                Some(AuthError::InvalidJson),
+                "{bad}"
+            );
+        }
+        let latin1 = Body::Binary(b"{\"email\":\"\xe9\"}".to_vec());
+        assert_eq!(
+            json_object(&request(Some("application/json"), latin1)).err(),
+            Some(AuthError::InvalidJson)
+        );
+    }
+
+    #[test]
+    fn bodies_over_16_kib_are_refused() {
+        let big = format!("{{\"email\":\"{}\"}}", "a".repeat(MAX_BODY_BYTES));
+        assert_eq!(
+            json_object(&request(Some("application/json"), big)).err(),
+            Some(AuthError::PayloadTooLarge)
+        );
+        let fits = format!("{{\"e\":\"{}\"}}", "a".repeat(MAX_BODY_BYTES - 8));
+        assert_eq!(fits.len(), MAX_BODY_BYTES);
+        assert!(json_object(&request(Some("application/json"), fits)).is_ok());
+    }
+
+    #[test]
+    fn string_fields_are_required_and_typed() {
+        let map = json_object(&request(
+            Some("application/json"),
+            r#"{"email":"a","password":5}"#,
+        ))
+        .expect("object");
+        assert_eq!(string_field(&map, "email"), Ok("a".into()));
+        assert!(
+            matches!(string_field(&map, "password"), Err(AuthError::InvalidRequest(d)) if d.contains("password"))
+        );
+        assert!(matches!(
+            string_field(&map, "missing"),
+            Err(AuthError::InvalidRequest(_))
+        ));
+    }
+
+    fn with_auth(value: &str) -> Request {
+        HttpRequest::builder()
+            .header(AUTHORIZATION, value)
+            .body(Body::Empty)
+            .expect("request")
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively_and_other_schemes_count_as_missing() {
+        assert_eq!(bearer(&with_auth("Bearer abc")), Bearer::Token("abc"));
+        assert_eq!(bearer(&with_auth("bearer   abc ")), Bearer::Token("abc"));
+        assert_eq!(bearer(&with_auth("Bearer")), Bearer::Token(""));
+        assert_eq!(bearer(&with_auth("Bearer ")), Bearer::Token(""));
+        assert_eq!(bearer(&with_auth("Basic dTpw")), Bearer::Missing);
+        let none = HttpRequest::builder().body(Body::Empty).expect("request");
+        assert_eq!(bearer(&none), Bearer::Missing);
+    }
+
+    fn header<'a>(r: &'a Response<Body>, name: &str) -> Option<&'a str> {
+        r.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn problems_carry_the_right_headers() {
+        let r = problem(&AuthError::MissingToken);
+        assert_eq!(r.status(), 401);
+        assert_eq!(header(&r, "content-type"), Some("application/problem+json"));
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some(r#"Bearer realm="auth""#)
+        );
+        for e in [AuthError::InvalidToken, AuthError::TokenExpired] {
+            let r = problem(&e);
+            assert!(
+                header(&r, "www-authenticate")
+                    .is_some_and(|c| c.contains(r#"error="invalid_token""#))
+            );
+        }
+        assert!(header(&problem(&AuthError::InvalidCredentials), "www-authenticate").is_some());
+        assert!(header(&problem(&AuthError::EmailTaken), "www-authenticate").is_none());
+        let r = problem(&AuthError::ServiceUnavailable {
+            retry_after_secs: 2,
+        });
+        assert_eq!(header(&r, "retry-after"), Some("2"));
+        let body: Value = serde_json::from_slice(r.body().as_ref()).expect("json");
+        assert_eq!(body["type"], "about:blank");
+        assert_eq!(body["status"], 503);
+        assert_eq!(body["code"], "service_unavailable");
+        assert_eq!(body["title"], "Service Unavailable");
+    }
+}

@@ -1,0 +1,58 @@
+//! Everything the auth Lambdas share. A function's `main` builds an [`AppState`] once per cold
+//! start and hands each request to one of [`http::handlers`]:
+//!
+//! - [`config`]: every setting, validated at init;
+//! - [`db`]: the connection pool, TLS, deadlines and retry; [`users`]: all the SQL;
+//! - [`email`], [`password`]: parsed newtypes and argon2id; [`token`]: JWT issue and verify;
+//! - [`auth`]: the operations, free of Lambda types; [`error`]: the one error enum;
+//! - [`http`]: the only module that knows `lambda_http`.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod email;
+pub mod error;
+pub mod http;
+pub mod password;
+#[cfg(feature = "migrations")]
+pub mod schema;
+pub mod token;
+pub mod users;
+
+use config::{Config, ConfigError};
+
+/// What every request needs, built once per cold start.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The settings.
+    pub config: Config,
+    /// The connection pool.
+    pub db: db::Db,
+    /// argon2id with the configured cost.
+    pub passwords: password::Passwords,
+    /// JWT keys and validation rules.
+    pub tokens: token::TokenKeys,
+}
+
+impl AppState {
+    /// Builds the state from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::new(Config::from_env()?)
+    }
+
+    /// Builds the state from settings. No network I/O happens here.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let passwords = password::Passwords::new(config.argon2).map_err(|_| ConfigError {
+            variable: "ARGON2_MEMORY_KIB",
+            problem: "and the other ARGON2_* settings do not form valid argon2 parameters".into(),
+        })?;
+        Ok(Self {
+            db: db::Db::from_config(&config)?,
+            tokens: token::TokenKeys::from_config(&config),
+            passwords,
+            config,
+        })
+    }
+}
+
+pub use lambda_http;

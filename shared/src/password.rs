@@ -1,0 +1,356 @@
+//! Passwords: the `NewPassword` newtype (NFKC, length, control characters, strength — API.md
+//! "Password") and `Passwords`, the argon2id hasher. Hashing and verifying run on tokio's
+//! blocking pool so an argon2 run never stalls the async threads.
+
+use crate::{config::Argon2Settings, email::Email, error::AuthError};
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+use rand::RngCore;
+use std::{fmt, sync::Arc};
+use unicode_normalization::UnicodeNormalization;
+
+/// Most code points a password may have.
+pub const MAX_PASSWORD_CHARS: usize = 128;
+
+/// A password offered at registration: NFKC-normalized and found acceptable.
+#[derive(Clone)]
+pub struct NewPassword(String);
+
+impl NewPassword {
+    /// Normalizes and checks a password for the account `email`.
+    /// Length and control characters first (`invalid_password`), then strength (`weak_password`).
+    pub fn parse(raw: &str, email: &Email, min_chars: usize) -> Result<Self, AuthError> {
+        let normalized = normalize(raw);
+        let chars = normalized.chars().count();
+        if chars < min_chars {
+            return Err(AuthError::InvalidPassword(format!(
+                "The password must have at least {min_chars} characters."
+            )));
+        }
+        if chars > MAX_PASSWORD_CHARS {
+            return Err(AuthError::InvalidPassword(format!(
+                "The password must have at most {MAX_PASSWORD_CHARS} characters."
+            )));
+        }
+        if normalized.chars().any(char::is_control) {
+            return Err(AuthError::InvalidPassword(
+                "The password must not contain control characters.".into(),
+            ));
+        }
+        if is_weak(&normalized, email) {
+            return Err(AuthError::WeakPassword);
+        }
+        Ok(Self(normalized))
+    }
+
+    /// The normalized password, for hashing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewPassword([redacted])")
+    }
+}
+
+/// NFKC, the one form that is counted, hashed and verified — at registration and login alike.
+pub fn normalize(raw: &str) -> String {
+    raw.nfkc().collect()
+}
+
+/// Weak: equal (ignoring case) to the email or its local part, or under 10^8 guesses by zxcvbn
+/// (score below 3). zxcvbn's dictionaries include the common-password lists, so a listed
+/// password scores 0.
+fn is_weak(password: &str, email: &Email) -> bool {
+    let lowered = password.to_lowercase();
+    if lowered == email.as_str() || lowered == email.local_part() {
+        return true;
+    }
+    let entropy = zxcvbn::zxcvbn(password, &[email.as_str(), email.local_part()]);
+    (entropy.score() as u8) < 3
+}
+
+/// The argon2id hasher with the configured cost, plus a dummy hash of the same cost so that
+/// an unknown email costs a login exactly what a wrong password does.
+#[derive(Clone)]
+pub struct Passwords {
+    params: Params,
+    dummy_hash: Arc<str>,
+}
+
+impl fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Passwords")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Passwords {
+    /// Builds the hasher. The dummy hash is a PHC string with the configured parameters, a
+    /// random salt and a random output: verifying against it costs a full argon2 run and never
+    /// succeeds, and making it costs no argon2 run at cold start.
+    pub fn new(settings: Argon2Settings) -> Result<Self, argon2::Error> {
+        let params = Params::new(
+            settings.memory_kib,
+            settings.iterations,
+            settings.parallelism,
+            None,
+        )?;
+        let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        rand::rng().fill_bytes(&mut output);
+        let salt = SaltString::generate(&mut OsRng);
+        let hash = SaltString::encode_b64(&output).map_err(|_| argon2::Error::OutputTooLong)?;
+        let dummy_hash = format!(
+            "$argon2id$v=19$m={},t={},p={}${}${}",
+            settings.memory_kib,
+            settings.iterations,
+            settings.parallelism,
+            salt.as_str(),
+            hash.as_str()
+        );
+        // Fail now rather than at the first login if the string were malformed.
+        PasswordHash::new(&dummy_hash).map_err(|_| argon2::Error::AlgorithmInvalid)?;
+        Ok(Self {
+            params,
+            dummy_hash: dummy_hash.into(),
+        })
+    }
+
+    fn argon2(&self) -> Argon2<'static> {
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
+    }
+
+    /// Hashes a password into an argon2id PHC string, off the async threads.
+    pub async fn hash(&self, password: &NewPassword) -> Result<String, AuthError> {
+        self.hash_normalized(password.0.clone()).await
+    }
+
+    async fn hash_normalized(&self, password: String) -> Result<String, AuthError> {
+        let argon2 = self.argon2();
+        let joined = tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            argon2
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await;
+        match joined {
+            Ok(Ok(hash)) => Ok(hash),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "argon2 hashing failed");
+                Err(AuthError::Internal)
+            }
+            Err(error) => {
+                tracing::error!(%error, "hashing task failed");
+                Err(AuthError::Internal)
+            }
+        }
+    }
+
+    /// Checks `password` (already NFKC) against a stored PHC string; `None` checks it against
+    /// the dummy hash so the caller spends the same time whether or not the account exists.
+    pub async fn verify(&self, password: &str, stored: Option<&str>) -> Result<bool, AuthError> {
+        let phc: Arc<str> = match stored {
+            Some(s) => s.into(),
+            None => self.dummy_hash.clone(),
+        };
+        let password = password.to_owned();
+        let joined = tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&phc)?;
+            // The stored hash names its own algorithm and cost; `verify_password` uses those.
+            match Argon2::default().verify_password(password.as_bytes(), &parsed) {
+                Ok(()) => Ok(true),
+                Err(argon2::password_hash::Error::Password) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        match joined {
+            Ok(Ok(matched)) => Ok(matched && stored.is_some()),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "stored password hash could not be checked");
+                Err(AuthError::Internal)
+            }
+            Err(error) => {
+                tracing::error!(%error, "verify task failed");
+                Err(AuthError::Internal)
+            }
+        }
+    }
+
+    /// Whether a stored hash is weaker than the configured parameters (or not argon2id v1.3)
+    /// and should be replaced at the next successful login.
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(stored) else {
+            return true;
+        };
+        if parsed.algorithm != argon2::ARGON2ID_IDENT || parsed.version != Some(0x13) {
+            return true;
+        }
+        match Params::try_from(&parsed) {
+            Ok(p) => {
+                p.m_cost() < self.params.m_cost()
+                    || p.t_cost() < self.params.t_cost()
+                    || p.p_cost() < self.params.p_cost()
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Hashes an already-verified, already-normalized password with the current parameters.
+    pub async fn rehash(&self, password: &str) -> Result<String, AuthError> {
+        self.hash_normalized(password.to_owned()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email() -> Email {
+        Email::parse("Someone.Special@example.com").expect("valid")
+    }
+
+    const STRONG: &str = "correct horse battery staple 93!";
+
+    #[test]
+    fn length_is_counted_in_code_points_after_nfkc() {
+        // 12 code points, 24 bytes: long enough.
+        let twelve = "ñçüéåøßþðæœ€";
+        assert!(twelve.chars().count() == 12 && twelve.len() > 12);
+        let e = NewPassword::parse(&twelve[..twelve.len() - '€'.len_utf8()], &email(), 12);
+        assert!(matches!(e, Err(AuthError::InvalidPassword(_))));
+        // "ﬁ" (one code point) becomes "fi" (two) under NFKC, so 11 ligatures count as 22.
+        let p = NewPassword::parse(&"ﬁ".repeat(6), &email(), 12);
+        assert!(!matches!(p, Err(AuthError::InvalidPassword(_))));
+    }
+
+    #[test]
+    fn fullwidth_letters_are_normalized() {
+        assert_eq!(normalize("ＡＢＣ１２３"), "ABC123");
+        let p = NewPassword::parse("Ｔｒｏｍｂｏｎｅ－Ｌａｎｔｅｒｎ－９２７", &email(), 12)
+            .expect("strong");
+        assert_eq!(p.expose(), "Trombone-Lantern-927");
+    }
+
+    #[test]
+    fn length_and_control_characters_fail_before_strength() {
+        assert!(matches!(
+            NewPassword::parse("password", &email(), 12),
+            Err(AuthError::InvalidPassword(_))
+        ));
+        let long = "x".repeat(MAX_PASSWORD_CHARS + 1);
+        assert!(matches!(
+            NewPassword::parse(&long, &email(), 12),
+            Err(AuthError::InvalidPassword(_))
+        ));
+        for bad in [
+            "password1234\0",
+            "abc\u{7}defghijklmnop",
+            "tab\tinside-the-password",
+        ] {
+            assert!(
+                matches!(
+                    NewPassword::parse(bad, &email(), 12),
+                    Err(AuthError::InvalidPassword(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(NewPassword::parse(&format!("{STRONG} with spaces"), &email(), 12).is_ok());
+    }
+
+    #[test]
+    fn common_and_guessable_passwords_are_weak() {
+        for weak in [
+            "password1234",
+            "qwertyuiopasdf",
+            "123456789012",
+            "aaaaaaaaaaaaaaaa",
+            "iloveyou2024!",
+        ] {
+            assert_eq!(
+                NewPassword::parse(weak, &email(), 12).err(),
+                Some(AuthError::WeakPassword),
+                "{weak}"
+            );
+        }
+        assert!(NewPassword::parse(STRONG, &email(), 12).is_ok());
+    }
+
+    #[test]
+    fn a_password_equal_to_the_email_or_its_local_part_is_weak() {
+        let e = Email::parse("xq7.vorpal.zeta@example.com").expect("valid");
+        assert_eq!(
+            NewPassword::parse("XQ7.Vorpal.Zeta@Example.com", &e, 12).err(),
+            Some(AuthError::WeakPassword)
+        );
+        assert_eq!(
+            NewPassword::parse("Xq7.Vorpal.ZETA", &e, 12).err(),
+            Some(AuthError::WeakPassword)
+        );
+    }
+
+    fn fast() -> Argon2Settings {
+        Argon2Settings {
+            memory_kib: 8_192,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_only_its_own_password() {
+        let hasher = Passwords::new(fast()).expect("params");
+        let p = NewPassword::parse(STRONG, &email(), 12).expect("strong");
+        let phc = hasher.hash(&p).await.expect("hash");
+        assert!(phc.starts_with("$argon2id$v=19$m=8192,t=1,p=1$"), "{phc}");
+        assert!(hasher.verify(STRONG, Some(&phc)).await.expect("verify"));
+        assert!(
+            !hasher
+                .verify("correct horse battery staple 94!", Some(&phc))
+                .await
+                .expect("verify")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_never_matches_and_has_the_configured_cost() {
+        let hasher = Passwords::new(Argon2Settings::default()).expect("params");
+        assert!(
+            hasher
+                .dummy_hash
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        );
+        assert!(!hasher.needs_rehash(&hasher.dummy_hash));
+        assert!(
+            !hasher
+                .verify("anything at all", None)
+                .await
+                .expect("verify")
+        );
+        assert!(!hasher.verify("", None).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn weaker_stored_hashes_need_a_rehash() {
+        let weak = Passwords::new(fast()).expect("params");
+        let p = NewPassword::parse(STRONG, &email(), 12).expect("strong");
+        let old = weak.hash(&p).await.expect("hash");
+        let strong = Passwords::new(Argon2Settings::default()).expect("params");
+        assert!(strong.needs_rehash(&old));
+        assert!(!weak.needs_rehash(&old));
+        assert!(
+            strong.needs_rehash("$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA")
+        );
+        assert!(strong.needs_rehash("not a phc string"));
+        let new = strong.rehash(STRONG).await.expect("rehash");
+        assert!(!strong.needs_rehash(&new));
+        assert!(strong.verify(STRONG, Some(&new)).await.expect("verify"));
+    }
+}

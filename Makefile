@@ -1,0 +1,62 @@
+# The two commands a newcomer needs are `make dev` and `make test`; the rest are conveniences.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+DEV_DB_PORT ?= 54329
+
+.PHONY: help dev test check build lambda-build bench deploy venv migrate verify status db-start db-stop db-url db-psql db-destroy clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+dev: ## Serve the API on http://localhost:9000 over a local Postgres, with hot reload
+	@scripts/dev.sh
+
+test: ## Format, lint, unit/database/handler tests, end-to-end over HTTP, template lint
+	@scripts/test.sh
+
+check: ## Quick checks without a database: fmt, clippy, unit tests
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace --lib
+
+build: ## Build the release binaries for this machine
+	cargo build --release -p register -p login -p protected -p cli
+
+lambda-build: venv ## Build the arm64 Lambda zips (needs zig: pip install ziglang into .venv)
+	.venv/bin/cargo-lambda lambda build --release --arm64 --output-format zip -p register -p login -p protected
+
+bench: ## Run the benchmarks (see BENCHMARKS.md)
+	@scripts/bench.sh
+
+deploy: ## Build and deploy with SAM (needs AWS credentials and the sam CLI)
+	sam build --beta-features && sam deploy --guided
+
+venv: ## Install cargo-lambda, cfn-lint and pytest into .venv
+	@source scripts/env.sh && ensure_venv
+
+migrate: ## Apply migrations to DATABASE_URL (default: the local dev database)
+	@DATABASE_URL="$${DATABASE_URL:-$$(scripts/pg.sh url dev $(DEV_DB_PORT))}" cargo run --quiet -p cli --bin authctl -- migrate
+
+verify: ## Check the schema of DATABASE_URL against what the code expects
+	@DATABASE_URL="$${DATABASE_URL:-$$(scripts/pg.sh url dev $(DEV_DB_PORT))}" cargo run --quiet -p cli --bin authctl -- verify
+
+status: ## List migrations and whether each is applied
+	@DATABASE_URL="$${DATABASE_URL:-$$(scripts/pg.sh url dev $(DEV_DB_PORT))}" cargo run --quiet -p cli --bin authctl -- status
+
+db-start: ## Start the local dev Postgres (created on first use)
+	@scripts/pg.sh start dev $(DEV_DB_PORT)
+
+db-stop: ## Stop the local dev Postgres
+	@scripts/pg.sh stop dev $(DEV_DB_PORT)
+
+db-url: ## Print the local dev DATABASE_URL
+	@scripts/pg.sh url dev $(DEV_DB_PORT)
+
+db-psql: ## Open psql on the local dev database
+	@scripts/pg.sh psql dev $(DEV_DB_PORT)
+
+db-destroy: ## Stop and delete the local dev Postgres and its data
+	@scripts/pg.sh destroy dev $(DEV_DB_PORT)
+
+clean: ## Remove build output
+	cargo clean

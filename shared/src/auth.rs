@@ -38,7 +38,7 @@ fn db_failure(error: DbError) -> AuthError {
             AuthError::Internal
         }
         DbError::Query(error) => {
-            tracing::error!(%error, "database query failed");
+            tracing::error!(error = crate::db::describe(&error), "database query failed");
             AuthError::Internal
         }
     }

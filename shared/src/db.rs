@@ -338,6 +338,15 @@ impl Failure {
     }
 }
 
+/// A log-safe description of a driver error: SQLSTATE and message, never the server's DETAIL
+/// line, which repeats row values ("Failing row contains (…)", "Key (email)=(…)").
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    }
+}
+
 /// Errors that mean the connection, not the statement, failed: retrying on a new connection
 /// is safe for them and only for them.
 fn is_connection_error(error: &tokio_postgres::Error) -> bool {

@@ -22,26 +22,26 @@ check: ## Quick checks without a database: fmt, clippy, unit tests
 build: ## Build the release binaries for this machine
 	cargo build --release -p register -p login -p protected -p cli
 
-lambda-build: venv ## Build the arm64 Lambda zips (needs zig: pip install ziglang into .venv)
-	.venv/bin/cargo-lambda lambda build --release --arm64 --output-format zip -p register -p login -p protected
+lambda-build: venv ## Build the arm64 Lambda zips into target/lambda/ (cargo-lambda brings zig)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo-lambda lambda build --release --arm64 --output-format zip -p register -p login -p protected
 
 bench: ## Run the benchmarks (see BENCHMARKS.md)
 	@scripts/bench.sh
 
-deploy: ## Build and deploy with SAM (needs AWS credentials and the sam CLI)
-	sam build --beta-features && sam deploy --guided
+deploy: venv ## Build and deploy with SAM (needs AWS credentials and the sam CLI)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" sam build --beta-features && sam deploy --guided
 
 venv: ## Install cargo-lambda, cfn-lint and pytest into .venv
 	@source scripts/env.sh && ensure_venv
 
-migrate: ## Apply migrations to DATABASE_URL (default: the local dev database)
-	@DATABASE_URL="$${DATABASE_URL:-$$(scripts/pg.sh url dev $(DEV_DB_PORT))}" cargo run --quiet -p cli --bin authctl -- migrate
+migrate: ## Apply migrations to DATABASE_URL (environment, .env, else the local dev database)
+	@scripts/authctl.sh migrate
 
 verify: ## Check the schema of DATABASE_URL against what the code expects
-	@DATABASE_URL="$${DATABASE_URL:-$$(scripts/pg.sh url dev $(DEV_DB_PORT))}" cargo run --quiet -p cli --bin authctl -- verify
+	@scripts/authctl.sh verify
 
 status: ## List migrations and whether each is applied
-	@DATABASE_URL="$${DATABASE_URL:-$$(scripts/pg.sh url dev $(DEV_DB_PORT))}" cargo run --quiet -p cli --bin authctl -- status
+	@scripts/authctl.sh status
 
 db-start: ## Start the local dev Postgres (created on first use)
 	@scripts/pg.sh start dev $(DEV_DB_PORT)

@@ -12,7 +12,8 @@ ensure_venv() {
   if [[ -f "$stamp" ]] && cmp -s "$stamp" "$ROOT/scripts/requirements.txt"; then
     return
   fi
-  command -v python3 >/dev/null || { echo "python3 is required (apt-get install -y python3 python3-venv)" >&2; exit 1; }
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
+    { echo "python3 3.11 or newer is required (apt-get install -y python3 python3-venv)" >&2; exit 1; }
   step "installing cargo-lambda, cfn-lint and pytest into .venv"
   if [[ ! -x "$VENV/bin/python" ]] && ! python3 -m venv "$VENV"; then
     echo "python3 -m venv failed: on Debian, apt-get install -y python3-venv" >&2
@@ -26,9 +27,8 @@ ensure_venv() {
 ensure_dotenv() {
   local file="$ROOT/.env"
   if [[ ! -f "$file" ]] || ! grep -q '^JWT_SECRET=' "$file"; then
-    umask 077
-    printf '# Local development settings (gitignored). Variables set in the environment win.\nJWT_SECRET=%s\n' \
-      "$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" >>"$file"
+    (umask 077 && printf '# Local development settings (gitignored). Variables set in the environment win.\nJWT_SECRET=%s\n' \
+      "$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" >>"$file")
     echo "wrote a random development JWT_SECRET to .env"
   fi
 }

@@ -106,7 +106,7 @@ pub async fn login(state: &AppState, credentials: Credentials) -> Result<IssuedT
         return Err(failed("bad_password", Some(user.id)));
     }
     if !user.is_active {
-        tracing::info!(event = "login.failed", reason = "account_disabled", user_id = %user.id);
+        tracing::info!(event = "login.failed", reason = "account_disabled", user_id = %user.id, email = %email.masked());
         return Err(AuthError::AccountDisabled);
     }
     if state.passwords.needs_rehash(&found.hashed_password) {

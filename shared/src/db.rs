@@ -106,6 +106,23 @@ pub fn connection_settings(
             (k, v) => kept.push((k.to_owned(), v.to_owned())),
         }
     }
+    // libpq's default, `prefer`, silently falls back to plaintext. An auth service must not send
+    // passwords' hashes over the network in the clear by accident: without an explicit sslmode,
+    // TLS is required for every host but the loopback one.
+    let loopback = match parsed.host() {
+        // postgres:// is not a "special" URL scheme, so IPv4 hosts arrive as domains.
+        Some(url::Host::Domain(d)) => {
+            d == "localhost"
+                || d.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => true,
+    };
+    if !loopback && !kept.iter().any(|(k, _)| k == "sslmode") {
+        kept.push(("sslmode".into(), "require".into()));
+    }
     if kept.is_empty() {
         parsed.set_query(None);
     } else {
@@ -453,5 +470,22 @@ mod tests {
             certs[1].starts_with(b"-----BEGIN") && certs[1].ends_with(b"-----END CERTIFICATE-----")
         );
         assert!(split_pem_certificates(b"nothing").is_empty());
+    }
+
+    #[test]
+    fn without_an_sslmode_tls_is_required_except_on_loopback() {
+        let s = connection_settings("postgres://u:p@db.example.com/db", None).expect("parses");
+        assert_eq!(s.pg.get_ssl_mode(), SslMode::Require);
+        let s = connection_settings("postgres://u:p@db.example.com/db?sslmode=prefer", None)
+            .expect("parses");
+        assert_eq!(s.pg.get_ssl_mode(), SslMode::Prefer);
+        for local in [
+            "postgres://u:p@localhost/db",
+            "postgres://u:p@127.0.0.1:5432/db",
+            "postgres://u:p@[::1]/db",
+        ] {
+            let s = connection_settings(local, None).expect("parses");
+            assert_eq!(s.pg.get_ssl_mode(), SslMode::Prefer, "{local}");
+        }
     }
 }

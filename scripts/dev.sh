@@ -19,7 +19,7 @@ export DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh url dev "$DB_PORT")}"
 step "migrations"
 cargo run --quiet -p cli --bin authctl -- migrate
 step "building the functions"
-cargo build --quiet -p register -p login -p protected
+cargo build --quiet --bin register --bin login --bin protected
 
 trap 'kill -- "-${GATEWAY_PID:-0}" 2>/dev/null || true' EXIT
 step "serving on http://localhost:$PORT (POST /auth/register, POST /auth/login, GET /auth/me)"

@@ -94,12 +94,23 @@ class Gateway(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
+    def upstream(self, method, path, body, headers):
+        # cargo lambda watch may still be starting: wait for it rather than fail the request.
+        deadline = time.monotonic() + 60
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", self.watch_port, timeout=120)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                return conn.getresponse()
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def forward(self, body):
-        conn = http.client.HTTPConnection("127.0.0.1", self.watch_port, timeout=120)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Content-Length"] = str(len(body))
-        conn.request(self.command, self.path, body=body, headers=headers)
-        response = conn.getresponse()
+        response = self.upstream(self.command, self.path, body, headers)
         return response.status, response.getheaders(), response.read()
 
     def invoke(self, function, url, body):
@@ -122,10 +133,9 @@ class Gateway(http.server.BaseHTTPRequestHandler):
             "body": base64.b64encode(body).decode(),
             "isBase64Encoded": True,
         }
-        conn = http.client.HTTPConnection("127.0.0.1", self.watch_port, timeout=120)
-        conn.request("POST", f"/2015-03-31/functions/{function}/invocations", body=json.dumps(event),
-                     headers={"Content-Type": "application/json"})
-        answer = json.loads(conn.getresponse().read())
+        response = self.upstream("POST", f"/2015-03-31/functions/{function}/invocations",
+                                 json.dumps(event), {"Content-Type": "application/json"})
+        answer = json.loads(response.read())
         payload = answer.get("body") or ""
         payload = base64.b64decode(payload) if answer.get("isBase64Encoded") else payload.encode()
         return int(answer["statusCode"]), list((answer.get("headers") or {}).items()), payload

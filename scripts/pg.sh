@@ -6,13 +6,26 @@
 #   scripts/pg.sh status  NAME PORT          exit 0 when running on PORT, 1 otherwise
 #   scripts/pg.sh url     NAME PORT [DB]     print the DATABASE_URL (default DB: auth)
 #   scripts/pg.sh psql    NAME PORT [ARGS]   psql against the cluster's "auth" database
+#   scripts/pg.sh ca      NAME PORT          print the TLS CA certificate's path (after a TLS start)
 #   scripts/pg.sh destroy NAME PORT          stop and delete everything of NAME
+#
+#   PG_TLS=1 scripts/pg.sh start NAME PORT   start with TLS on (see below); without it, TLS is off
 #
 # Everything lives in .local/pg/NAME/ (gitignored): data/, run/ (unix socket), postgres.log and
 # password (the "postgres" role's password, mode 600). The server listens on 127.0.0.1 only;
 # TCP logins need that password (scram-sha-256), so DATABASE_URL looks like a real one:
 #   postgres://postgres:PASSWORD@127.0.0.1:PORT/auth?sslmode=disable
 # Durability is switched off (fsync, full_page_writes, synchronous_commit): it is throwaway.
+#
+# TLS, opt-in (to reproduce Neon's conditions): with PG_TLS=1, start first creates, when any of
+# them is missing, .local/pg/NAME/tls/ with a throwaway CA (ca.crt, ca.key) and a server
+# certificate signed by it (server.crt, server.key) for the DNS name "localhost" only: it holds
+# no IP address, so verifying the host name fails when connecting to 127.0.0.1. The server then
+# runs with ssl=on and listens on ::1 as well (where "localhost" may resolve first). Plaintext
+# logins keep working (the `url` above); TLS ones, channel binding included, look like:
+#   postgres://postgres:PASSWORD@localhost:PORT/auth?sslmode=verify-full&sslrootcert=CA&channel_binding=require
+# with CA the path `ca` prints. sslmode=verify-ca (chain only) passes with 127.0.0.1 as well.
+# Without PG_TLS, start runs the server with ssl off, as it always did.
 #
 # PostgreSQL refuses to run as root. Run as root, the server runs as the existing user
 # "postgres" (else "nobody"); nothing system-wide is created. If that user cannot reach
@@ -32,16 +45,24 @@ die() { echo "$PROG: $*" >&2; exit 1; }
 say() { echo "$PROG: $*" >&2; }
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
 [[ $# -ge 3 ]] || usage
 CMD="$1"; NAME="$2"; PORT="$3"; shift 3
-case "$CMD" in start | stop | status | url | psql | destroy) ;; *) usage ;; esac
+case "$CMD" in start | stop | status | url | psql | ca | destroy) ;; *) usage ;; esac
 [[ "$NAME" =~ ^[A-Za-z0-9_-]+$ ]] || die "cluster name must match [A-Za-z0-9_-]+, got '$NAME'"
 if ! [[ "$PORT" =~ ^[0-9]+$ ]] || ((PORT < 1024 || PORT > 65535)); then
   die "port must be a number from 1024 to 65535, got '$PORT'"
+fi
+TLS=0
+if [[ "$CMD" == start ]]; then
+  case "${PG_TLS:-}" in
+    "" | 0) ;;
+    1) TLS=1 ;;
+    *) die "PG_TLS must be 1 (TLS on) or 0/unset (TLS off), got '$PG_TLS'" ;;
+  esac
 fi
 
 LINK="$PG_HOME/$NAME"   # what users see; a directory, or a symlink to the /tmp fallback
@@ -182,10 +203,11 @@ running_port() {  # line 4 of postmaster.pid is the port
 }
 
 write_settings() {
-  local q="'" qq="''" run="$BASE/run"
+  local q="'" qq="''" run="$BASE/run" listen="127.0.0.1" crt="$BASE/tls/server.crt" key="$BASE/tls/server.key"
+  if ((TLS)) && has_ipv6_loopback; then listen="127.0.0.1,::1"; fi
   cat >"$BASE/data/pg.sh.conf" <<EOF
 # Written by scripts/pg.sh on every start; edits are lost.
-listen_addresses = '127.0.0.1'
+listen_addresses = '$listen'
 port = $PORT
 unix_socket_directories = '${run//$q/$qq}'
 max_connections = 200
@@ -193,8 +215,93 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
+  if ((TLS)); then
+    cat >>"$BASE/data/pg.sh.conf" <<EOF
+ssl = on
+ssl_cert_file = '${crt//$q/$qq}'
+ssl_key_file = '${key//$q/$qq}'
+EOF
+  fi
   give "$BASE/data/pg.sh.conf"
   chmod 600 "$BASE/data/pg.sh.conf"
+}
+
+# --- TLS (PG_TLS=1) --------------------------------------------------------------------------
+
+# Whether ::1 can be listened on: Linux says so in /proc; elsewhere assume it can (a failed bind
+# of ::1 is only a warning in postgres.log as long as 127.0.0.1 works).
+has_ipv6_loopback() {
+  if [[ -d /proc/net ]]; then
+    [[ -r /proc/net/if_inet6 ]] && grep -Eq '^0{31}1 .* lo$' /proc/net/if_inet6
+  fi
+}
+
+# Creates the throwaway CA and the server certificate in $BASE/tls when missing (the CA is kept
+# when only the server's files are gone). Sets NEW_CERTS=1 when it wrote new server files.
+NEW_CERTS=0
+ensure_tls() {
+  local dir="$BASE/tls"
+  if [[ -s "$dir/ca.crt" && -s "$dir/ca.key" && -s "$dir/server.crt" && -s "$dir/server.key" ]]; then
+    return 0
+  fi
+  command -v openssl >/dev/null 2>&1 || die "PG_TLS=1 needs the openssl command (e.g. apt-get install -y openssl)"
+  mkdir -p "$dir"
+  chmod 755 "$dir"
+  local log="$dir/openssl.log" serial what="a server certificate for 'localhost'"
+  : >"$log"
+  if [[ ! -s "$dir/ca.crt" || ! -s "$dir/ca.key" ]]; then
+    what="a throwaway CA and $what"
+    rm -f "$dir/server.crt" "$dir/server.key"
+    cat >"$dir/ca.cnf" <<EOF
+[req]
+distinguished_name = dn
+x509_extensions = v3_ca
+prompt = no
+[dn]
+CN = scripts/pg.sh $NAME throwaway CA
+[v3_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+    if ! (umask 077 && openssl req -x509 -new -config "$dir/ca.cnf" -newkey rsa:2048 -nodes -sha256 \
+      -days 3650 -keyout "$dir/ca.key.tmp" -out "$dir/ca.crt.tmp") >>"$log" 2>&1; then
+      cat "$log" >&2
+      die "could not create the CA certificate (openssl output above)"
+    fi
+    chmod 600 "$dir/ca.key.tmp"
+    chmod 644 "$dir/ca.crt.tmp"
+    mv "$dir/ca.key.tmp" "$dir/ca.key"
+    mv "$dir/ca.crt.tmp" "$dir/ca.crt"
+    rm -f "$dir/ca.cnf"
+  fi
+  cat >"$dir/server.ext" <<EOF
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+EOF
+  serial="0x$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  if ! { (umask 077 && openssl req -new -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$dir/server.key.tmp" -out "$dir/server.csr") >>"$log" 2>&1 &&
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+      -set_serial "$serial" -sha256 -days 3650 -extfile "$dir/server.ext" \
+      -out "$dir/server.crt.tmp" >>"$log" 2>&1; }; then
+    cat "$log" >&2
+    rm -f "$dir/server.key.tmp" "$dir/server.crt.tmp" "$dir/server.csr"
+    die "could not create the server certificate (openssl output above)"
+  fi
+  # The server reads its key as RUN_USER and insists on it being private (mode 600, its owner).
+  chmod 600 "$dir/server.key.tmp"
+  chmod 644 "$dir/server.crt.tmp"
+  give "$dir/server.key.tmp" "$dir/server.crt.tmp"
+  mv "$dir/server.key.tmp" "$dir/server.key"
+  mv "$dir/server.crt.tmp" "$dir/server.crt"
+  rm -f "$dir/server.csr" "$dir/server.ext" "$log"
+  NEW_CERTS=1
+  say "created $what in $LINK/tls"
 }
 
 init_cluster() {
@@ -227,6 +334,10 @@ check_version() {
     die "cluster $NAME was created by PostgreSQL $have but $BINDIR is $want; run '$PROG destroy $NAME $PORT' to start over"
 }
 
+server_ssl() {  # "on" or "off", asked over the unix socket
+  as_pg "$(psql_bin)" -X -q -h "$BASE/run" -p "$PORT" -U postgres -d postgres -tA -c 'show ssl'
+}
+
 ensure_db() {
   local db="$1" psql
   psql="$(psql_bin)"
@@ -248,13 +359,24 @@ cmd_start() {
   else
     check_version
   fi
+  if ((TLS)); then ensure_tls; fi
   if is_running; then
     local p
     p="$(running_port)"
     [[ "$p" == "$PORT" ]] ||
       die "postgres $NAME is already running on port $p, not $PORT; stop it first ('$PROG stop $NAME $p')"
+    if ((TLS)); then
+      [[ "$(server_ssl)" == on ]] ||
+        die "postgres $NAME is already running without TLS; stop it first ('$PROG stop $NAME $PORT'), then start it with PG_TLS=1"
+      # The server rereads its certificate and key on reload.
+      if ((NEW_CERTS)); then as_pg "$BINDIR/pg_ctl" reload -D "$BASE/data" >/dev/null; fi
+    fi
     ensure_db auth
-    echo "postgres $NAME already running on 127.0.0.1:$PORT"
+    if ((TLS)); then
+      echo "postgres $NAME already running on 127.0.0.1:$PORT with TLS (CA: $BASE/tls/ca.crt)"
+    else
+      echo "postgres $NAME already running on 127.0.0.1:$PORT"
+    fi
     return 0
   fi
   write_settings
@@ -266,7 +388,11 @@ cmd_start() {
     exit 1
   fi
   ensure_db auth
-  echo "postgres $NAME running on 127.0.0.1:$PORT"
+  if ((TLS)); then
+    echo "postgres $NAME running on 127.0.0.1:$PORT with TLS (CA: $BASE/tls/ca.crt)"
+  else
+    echo "postgres $NAME running on 127.0.0.1:$PORT"
+  fi
 }
 
 cmd_stop() {
@@ -307,9 +433,18 @@ cmd_url() {
 }
 
 cmd_psql() {
-  locate && [[ -s "$BASE/password" ]] || die "postgres $NAME is not initialized; run '$PROG start $NAME $PORT'"
+  if ! { locate && [[ -s "$BASE/password" ]]; }; then
+    die "postgres $NAME is not initialized; run '$PROG start $NAME $PORT'"
+  fi
   find_bindir || true
   exec "$(psql_bin)" "$(url_for auth)" "$@"
+}
+
+cmd_ca() {
+  if ! { locate && [[ -s "$BASE/tls/ca.crt" ]]; }; then
+    die "postgres $NAME has no TLS certificates; run 'PG_TLS=1 $PROG start $NAME $PORT'"
+  fi
+  echo "$BASE/tls/ca.crt"
 }
 
 cmd_destroy() {
@@ -329,6 +464,7 @@ case "$CMD" in
   status) [[ $# -eq 0 ]] || usage; cmd_status ;;
   url) [[ $# -le 1 ]] || usage; cmd_url "$@" ;;
   psql) cmd_psql "$@" ;;
+  ca) [[ $# -eq 0 ]] || usage; cmd_ca ;;
   destroy) [[ $# -eq 0 ]] || usage; cmd_destroy ;;
   *) usage ;;
 esac

@@ -40,7 +40,7 @@ JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
 unset JWT_ISSUER JWT_AUDIENCE ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH
 cargo run --quiet -p cli --bin authctl -- migrate
 cargo run --quiet -p cli --bin authctl -- verify
-cargo build --quiet -p register -p login -p protected
+cargo build --quiet --bin register --bin login --bin protected
 start_gateway "$E2E_PORT"
 # shellcheck disable=SC2046
 setsid "$VENV/bin/cargo-lambda" $(watch_args "$E2E_PORT") --ignore-changes >"$ROOT/target/e2e-watch.log" 2>&1 &

@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# `make test`: formatting, lints, unit, database and handler tests on a throwaway Postgres, the
-# end-to-end suite over HTTP against the real binaries, and the SAM template lint.
+# `make test`: formatting, lints, unit, database, handler and fault tests on throwaway Postgres
+# clusters (one plain, one with TLS), the database and end-to-end suites a second time through
+# a transaction-mode PgBouncer (as Neon's -pooler endpoint), and the SAM template lint.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 
-DB_PORT="${TEST_DB_PORT:-54330}"
-E2E_PORT="${E2E_PORT:-9200}"
+DB_PORT="${TEST_DB_PORT:-54330}"       # plain cluster "test"; its PgBouncer on DB_PORT+3
+FAULT_PORT=$((DB_PORT + 1))           # TLS cluster "faults" the fault tests restart and stop; its PgBouncer on +2
+E2E_PORT="${E2E_PORT:-9200}"          # e2e API; the pass through PgBouncer uses E2E_PORT+10
+LOG="$ROOT/target/test-output.log"
 
 cleanup() {
   # Each server runs in its own process group: this stops the functions cargo lambda started too.
-  kill -- "-${WATCH_PID:-0}" "-${GATEWAY_PID:-0}" 2>/dev/null || true
+  for pid in ${SERVER_PIDS:-}; do kill -- "-$pid" 2>/dev/null || true; done
+  scripts/pgbouncer.sh stop testbouncer $((DB_PORT + 3)) >/dev/null 2>&1 || true
+  scripts/pgbouncer.sh stop faultbouncer $((DB_PORT + 2)) >/dev/null 2>&1 || true
   scripts/pg.sh stop test "$DB_PORT" >/dev/null 2>&1 || true
+  scripts/pg.sh stop faults "$FAULT_PORT" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+mkdir -p target && : >"$LOG"
 
 ensure_venv
 
@@ -23,33 +30,67 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "throwaway postgres (.local/pg/test, port $DB_PORT)"
+step "throwaway postgres: plain (port $DB_PORT), TLS (port $FAULT_PORT), PgBouncer in front of each"
 scripts/pg.sh destroy test "$DB_PORT" >/dev/null 2>&1 || true
+scripts/pg.sh destroy faults "$FAULT_PORT" >/dev/null 2>&1 || true
 scripts/pg.sh start test "$DB_PORT"
-export TEST_DATABASE_URL
+PG_TLS=1 scripts/pg.sh start faults "$FAULT_PORT"
+scripts/pgbouncer.sh start testbouncer $((DB_PORT + 3)) test "$DB_PORT" 10
+scripts/pgbouncer.sh start faultbouncer $((DB_PORT + 2)) faults "$FAULT_PORT" 10
+export TEST_DATABASE_URL FAULT_PG="faults $FAULT_PORT" FAULT_BOUNCER_PORT=$((DB_PORT + 2))
 TEST_DATABASE_URL="$(scripts/pg.sh url test "$DB_PORT" postgres)"
 
-step "cargo test: unit, database, handler and CLI tests"
-cargo test --workspace
+step "cargo test: unit, database, handler, fault and CLI tests"
+cargo test --workspace 2>&1 | tee -a "$LOG"
 
-step "end-to-end: the real binaries through cargo lambda watch, over HTTP"
+step "database and handler tests again, through PgBouncer in transaction mode"
+TEST_DIRECT_DATABASE_URL="$TEST_DATABASE_URL" \
+  TEST_DATABASE_URL="$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" postgres)" \
+  cargo test -p shared --test db --test handlers --test logging 2>&1 | tee -a "$LOG"
+
+# The real binaries through cargo lambda watch and the local gateway, driven over HTTP.
+e2e() {
+  local port="$1" database_url="$2"
+  start_gateway "$port"
+  SERVER_PIDS="${SERVER_PIDS:-} $GATEWAY_PID"
+  # shellcheck disable=SC2046
+  DATABASE_URL="$database_url" setsid "$VENV/bin/cargo-lambda" $(watch_args "$port") --ignore-changes \
+    >"$ROOT/target/e2e-watch-$port.log" 2>&1 &
+  SERVER_PIDS="$SERVER_PIDS $!"
+  if ! API_URL="http://127.0.0.1:$port" DATABASE_URL="$database_url" "$VENV/bin/pytest" -q scripts/e2e 2>&1 | tee -a "$LOG"; then
+    echo "end-to-end tests failed; the functions' log is in target/e2e-watch-$port.log" >&2
+    exit 1
+  fi
+}
+
+step "end-to-end over HTTP: the real binaries through cargo lambda watch"
 scripts/pg.sh psql test "$DB_PORT" -qc 'CREATE DATABASE e2e'
-export DATABASE_URL JWT_SECRET API_URL="http://127.0.0.1:$E2E_PORT"
-DATABASE_URL="$(scripts/pg.sh url test "$DB_PORT" e2e)"
+export JWT_SECRET
 JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
-unset JWT_ISSUER JWT_AUDIENCE ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH
-cargo run --quiet -p cli --bin authctl -- migrate
-cargo run --quiet -p cli --bin authctl -- verify
+unset JWT_ISSUER JWT_AUDIENCE ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH DATABASE_URL
+E2E_URL="$(scripts/pg.sh url test "$DB_PORT" e2e)"
+DATABASE_URL="$E2E_URL" cargo run --quiet -p cli --bin authctl -- migrate
+DATABASE_URL="$E2E_URL" cargo run --quiet -p cli --bin authctl -- verify
 cargo build --quiet --bin register --bin login --bin protected
-start_gateway "$E2E_PORT"
-# shellcheck disable=SC2046
-setsid "$VENV/bin/cargo-lambda" $(watch_args "$E2E_PORT") --ignore-changes >"$ROOT/target/e2e-watch.log" 2>&1 &
-WATCH_PID=$!
-if ! "$VENV/bin/pytest" -q scripts/e2e; then
-  echo "end-to-end tests failed; the functions' log is in target/e2e-watch.log" >&2
-  exit 1
-fi
+e2e "$E2E_PORT" "$E2E_URL"
+
+step "end-to-end over HTTP again, the functions reaching Postgres through PgBouncer"
+e2e $((E2E_PORT + 10)) "$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" e2e)"
 
 step "cfn-lint template.yaml"
 "$VENV/bin/cfn-lint" template.yaml
 echo "cfn-lint: template.yaml has no findings"
+
+# One closing line for everything that ran: cargo's "test result" lines and pytest's summaries.
+python3 - "$LOG" <<'PY'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8", errors="replace").read()
+passed = failed = 0
+for p, f in re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", text):
+    passed += int(p); failed += int(f)
+for line in re.findall(r"^=*\s*(\d+ passed.*?)(?: in [\d.]+s)?\s*=*$", text, re.M):
+    passed += int(re.search(r"(\d+) passed", line).group(1))
+    m = re.search(r"(\d+) failed", line)
+    failed += int(m.group(1)) if m else 0
+print(f"\nmake test: {passed} passed, {failed} failed")
+PY

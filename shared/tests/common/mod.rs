@@ -10,7 +10,9 @@ use std::collections::HashMap;
 pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
 pub const STRONG_PASSWORD: &str = "correct horse battery staple 93!";
 
-pub fn admin_url() -> String {
+/// The server the functions connect to: Postgres itself, or a transaction-mode PgBouncer in
+/// front of it (`make test` runs the database suites both ways).
+pub fn app_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
         panic!(
             "TEST_DATABASE_URL is not set: database tests need a real Postgres (run `make test`)"
@@ -18,20 +20,25 @@ pub fn admin_url() -> String {
     })
 }
 
+/// Postgres itself, for creating databases and arranging rows with prepared statements, which
+/// a transaction-mode pooler does not keep: `TEST_DIRECT_DATABASE_URL`, else `TEST_DATABASE_URL`.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DIRECT_DATABASE_URL").unwrap_or_else(|_| app_url())
+}
+
 /// Swaps the database name in a postgres URL.
 pub fn with_database(url: &str, database: &str) -> String {
-    let mut parsed = url::Url::parse(url).expect("TEST_DATABASE_URL is a URL");
+    let mut parsed = url::Url::parse(url).expect("a postgres URL");
     parsed.set_path(&format!("/{database}"));
     parsed.to_string()
 }
 
-/// Creates an empty database and returns its URL.
+/// Creates an empty database and returns its URL as the functions reach it.
 pub async fn create_database() -> String {
-    let admin = admin_url();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+    let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
         .await
-        .expect("connect to TEST_DATABASE_URL");
+        .expect("connect to the test Postgres");
     let task = tokio::spawn(connection);
     client
         .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -39,7 +46,7 @@ pub async fn create_database() -> String {
         .expect("create database");
     drop(client);
     let _ = task.await;
-    with_database(&admin, &name)
+    with_database(&app_url(), &name)
 }
 
 /// Settings for a test: fast argon2 unless the test overrides it.
@@ -60,17 +67,19 @@ pub fn config(url: &str, overrides: &[(&str, &str)]) -> Config {
 pub async fn fresh_state(overrides: &[(&str, &str)]) -> AppState {
     let url = create_database().await;
     let state = AppState::new(config(&url, overrides)).expect("state");
-    let mut client = state.db.connection().await.expect("connection");
-    shared::schema::migrate(&mut client).await.expect("migrate");
+    shared::schema::migrate(&mut psql(&state).await)
+        .await
+        .expect("migrate");
     state
 }
 
-/// A plain connection to the state's database, for arranging and inspecting rows.
+/// A direct connection to the state's database, for arranging and inspecting rows.
 pub async fn psql(state: &AppState) -> tokio_postgres::Client {
-    let (client, connection) =
-        tokio_postgres::connect(state.config.database_url.expose(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
+    let url = url::Url::parse(state.config.database_url.expose()).expect("url");
+    let direct = with_database(&admin_url(), url.path().trim_start_matches('/'));
+    let (client, connection) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(connection);
     client
 }

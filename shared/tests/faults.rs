@@ -1,0 +1,470 @@
+//! Neon's production conditions, reproduced locally against a real Postgres that these tests
+//! may restart, stop and put behind a proxy: TLS with certificate and host-name verification
+//! and channel binding, restarts, dead and silent connections, a database down at cold start.
+//!
+//! `make test` starts the cluster (`scripts/pg.sh`, TLS on) and names it in `FAULT_PG`
+//! ("NAME PORT"). The tests share it, so they take turns through [`exclusive`].
+
+mod common;
+
+use common::{STRONG_PASSWORD, unique_email};
+use shared::{
+    AppState,
+    auth::{self, Credentials},
+    error::AuthError,
+};
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{Mutex, MutexGuard},
+};
+
+static CLUSTER: LazyLock<Mutex<()>> = LazyLock::new(|| Mutex::new(()));
+
+async fn exclusive() -> MutexGuard<'static, ()> {
+    CLUSTER.lock().await
+}
+
+/// The fault cluster: name, port, password and CA.
+struct Cluster {
+    name: String,
+    port: u16,
+    password: String,
+    ca: PathBuf,
+}
+
+fn pg_sh(args: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg.sh");
+    let out = Command::new(script)
+        .args(args)
+        .env("PG_TLS", "1")
+        .output()
+        .expect("scripts/pg.sh runs");
+    assert!(
+        out.status.success(),
+        "pg.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl Cluster {
+    fn get() -> Self {
+        let spec = std::env::var("FAULT_PG").unwrap_or_else(|_| {
+            panic!("FAULT_PG is not set: these tests need the TLS cluster `make test` starts")
+        });
+        let (name, port) = spec.split_once(' ').expect("FAULT_PG is \"NAME PORT\"");
+        let url = url::Url::parse(&pg_sh(&["url", name, port, "postgres"])).expect("url");
+        Self {
+            name: name.to_owned(),
+            port: port.parse().expect("port"),
+            password: url.password().expect("password").to_owned(),
+            ca: PathBuf::from(pg_sh(&["ca", name, port])),
+        }
+    }
+
+    fn url(&self, host: &str, port: u16, database: &str, query: &str) -> String {
+        format!(
+            "postgres://postgres:{}@{host}:{port}/{database}?{query}",
+            self.password
+        )
+    }
+
+    fn stop(&self) {
+        pg_sh(&["stop", &self.name, &self.port.to_string()]);
+    }
+
+    fn start(&self) {
+        pg_sh(&["start", &self.name, &self.port.to_string()]);
+    }
+
+    /// A fresh migrated database, reached over plain TCP for arranging and inspecting.
+    async fn database(&self) -> (String, tokio_postgres::Client) {
+        let name = format!("f_{}", uuid::Uuid::new_v4().simple());
+        let admin = self.url("127.0.0.1", self.port, "postgres", "sslmode=disable");
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create");
+        let direct = self.url("127.0.0.1", self.port, &name, "sslmode=disable");
+        let (mut client, conn) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        shared::schema::migrate(&mut client).await.expect("migrate");
+        (name, client)
+    }
+}
+
+fn state(url: &str, extra: &[(&str, &str)]) -> AppState {
+    let mut overrides = vec![("DATABASE_TIMEOUT_MS", "1500")];
+    overrides.extend_from_slice(extra);
+    AppState::new(common::config(url, &overrides)).expect("state")
+}
+
+fn creds(email: &str) -> Credentials {
+    Credentials {
+        email: email.to_owned(),
+        password: STRONG_PASSWORD.to_owned(),
+    }
+}
+
+async fn uses_tls(state: &AppState) -> bool {
+    let rows = state
+        .db
+        .query(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("query");
+    rows.first().is_some_and(|r| r.get::<_, bool>(0))
+}
+
+#[tokio::test]
+async fn a_neon_style_url_connects_over_verified_tls_with_channel_binding() {
+    let _turn = exclusive().await;
+    let c = Cluster::get();
+    let (db, _) = c.database().await;
+    let ca = c.ca.display().to_string();
+    // As Neon's console gives it, with the CA from PGSSLROOTCERT.
+    let s = state(
+        &c.url(
+            "localhost",
+            c.port,
+            &db,
+            "sslmode=require&channel_binding=require",
+        ),
+        &[("PGSSLROOTCERT", &ca)],
+    );
+    let email = unique_email();
+    auth::register(&s, creds(&email))
+        .await
+        .expect("register over TLS");
+    assert!(uses_tls(&s).await);
+    // What Neon's docs recommend and tokio-postgres cannot parse: verify-full, sslrootcert in the URL.
+    let s = state(
+        &c.url(
+            "localhost",
+            c.port,
+            &db,
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        &[],
+    );
+    assert!(auth::login(&s, creds(&email)).await.is_ok());
+    assert!(uses_tls(&s).await);
+    // verify-ca checks the chain but not the name, so 127.0.0.1 is fine there.
+    let s = state(
+        &c.url(
+            "127.0.0.1",
+            c.port,
+            &db,
+            &format!("sslmode=verify-ca&sslrootcert={ca}"),
+        ),
+        &[],
+    );
+    assert!(auth::login(&s, creds(&email)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_host_or_from_an_unknown_ca_is_refused() {
+    let _turn = exclusive().await;
+    let c = Cluster::get();
+    let (db, _) = c.database().await;
+    let ca = c.ca.display().to_string();
+    // The certificate names only "localhost"; require still verifies the host name.
+    for query in [
+        format!("sslmode=require&sslrootcert={ca}"),
+        format!("sslmode=verify-full&sslrootcert={ca}"),
+    ] {
+        let s = state(&c.url("127.0.0.1", c.port, &db, &query), &[]);
+        let err = auth::login(&s, creds(&unique_email()))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), "service_unavailable", "{query}");
+    }
+    // The throwaway CA is not among the system roots.
+    let s = state(&c.url("localhost", c.port, &db, "sslmode=require"), &[]);
+    assert_eq!(
+        auth::login(&s, creds(&unique_email()))
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some("service_unavailable")
+    );
+}
+
+#[tokio::test]
+async fn a_request_after_a_server_restart_succeeds() {
+    let _turn = exclusive().await;
+    let c = Cluster::get();
+    let (db, _) = c.database().await;
+    let s = state(&c.url("127.0.0.1", c.port, &db, "sslmode=disable"), &[]);
+    let email = unique_email();
+    auth::register(&s, creds(&email)).await.expect("register");
+    c.stop();
+    c.start();
+    // The pooled connection died with the old server; one retry on a new one hides it.
+    assert!(auth::login(&s, creds(&email)).await.is_ok());
+    let again = unique_email();
+    c.stop();
+    c.start();
+    auth::register(&s, creds(&again))
+        .await
+        .expect("registration after a restart");
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_answers_503_fast_and_keeps_no_partial_rows() {
+    let _turn = exclusive().await;
+    let c = Cluster::get();
+    let (db, direct) = c.database().await;
+    let s = state(
+        &c.url("127.0.0.1", c.port, &db, "sslmode=disable"),
+        &[("DATABASE_TIMEOUT_MS", "3000")],
+    );
+    let email = unique_email();
+    auth::register(&s, creds(&email)).await.expect("register");
+    drop(direct);
+    c.stop();
+    let started = Instant::now();
+    let down = auth::register(&s, creds(&unique_email()))
+        .await
+        .expect_err("down");
+    let login = auth::login(&s, creds(&email)).await.expect_err("down");
+    c.start();
+    assert_eq!(
+        down,
+        AuthError::ServiceUnavailable {
+            retry_after_secs: 2
+        }
+    );
+    assert_eq!(
+        login,
+        AuthError::ServiceUnavailable {
+            retry_after_secs: 2
+        }
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "503s took {:?}",
+        started.elapsed()
+    );
+    let (client, conn) = tokio_postgres::connect(
+        &c.url("127.0.0.1", c.port, &db, "sslmode=disable"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(conn);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        count, 1,
+        "only the account registered before the outage exists"
+    );
+    assert!(
+        auth::login(&s, creds(&email)).await.is_ok(),
+        "the next request after recovery succeeds"
+    );
+}
+
+#[tokio::test]
+async fn a_function_whose_database_is_down_at_init_starts_and_recovers() {
+    let _turn = exclusive().await;
+    let c = Cluster::get();
+    let (db, direct) = c.database().await;
+    drop(direct);
+    c.stop();
+    // What `http::run` does at cold start: build the state, try to connect, never fail init.
+    let s = state(&c.url("127.0.0.1", c.port, &db, "sslmode=disable"), &[]);
+    s.db.warm_up().await;
+    let answer = auth::login(&s, creds(&unique_email()))
+        .await
+        .expect_err("down");
+    c.start();
+    assert_eq!(answer.code(), "service_unavailable");
+    let email = unique_email();
+    auth::register(&s, creds(&email))
+        .await
+        .expect("register once the database is back");
+    assert!(auth::login(&s, creds(&email)).await.is_ok());
+}
+
+/// A TCP proxy between the functions and Postgres that can go silent without closing anything
+/// (a frozen or partitioned peer), or swallow the answers on the connections open so far and
+/// then close them (a connection that dies after the server committed, before the client heard).
+struct Proxy {
+    port: u16,
+    silent: Arc<AtomicBool>,
+    /// Connections numbered below this lose their answers and are closed.
+    cut_below: Arc<AtomicUsize>,
+    opened: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let proxy = Self {
+            port: listener.local_addr().expect("addr").port(),
+            silent: Arc::new(AtomicBool::new(false)),
+            cut_below: Arc::new(AtomicUsize::new(0)),
+            opened: Arc::new(AtomicUsize::new(0)),
+        };
+        let (silent, cut_below, opened) = (
+            proxy.silent.clone(),
+            proxy.cut_below.clone(),
+            proxy.opened.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let id = opened.fetch_add(1, Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let no_cut = Arc::new(AtomicUsize::new(0));
+                tokio::spawn(pump(cr, sw, silent.clone(), no_cut, id));
+                tokio::spawn(pump(sr, cw, silent.clone(), cut_below.clone(), id));
+            }
+        });
+        proxy
+    }
+
+    /// From now on, the connections already open lose the server's answers and are closed.
+    fn cut_open_connections(&self) {
+        self.cut_below
+            .store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+    cut_below: Arc<AtomicUsize>,
+    id: usize,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if id < cut_below.load(Ordering::SeqCst) {
+            let _ = to.shutdown().await;
+            break;
+        }
+        if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_registration_whose_answer_was_lost_is_retried_without_a_false_email_taken() {
+    let _turn = exclusive().await;
+    let c = Cluster::get();
+    let (db, direct) = c.database().await;
+    let proxy = Proxy::start(c.port).await;
+    let s = state(&c.url("127.0.0.1", proxy.port, &db, "sslmode=disable"), &[]);
+    auth::register(&s, creds(&unique_email()))
+        .await
+        .expect("a first registration opens the connection");
+    proxy.cut_open_connections();
+    // The server commits this insert, but its answer never arrives and the connection closes:
+    // the retry on a new connection meets its own row and must not call the email taken.
+    let email = unique_email();
+    let user = auth::register(&s, creds(&email))
+        .await
+        .expect("registered despite the lost answer");
+    let rows = direct
+        .query("SELECT id FROM users WHERE email = $1", &[&email])
+        .await
+        .expect("q");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, uuid::Uuid>(0), user.id);
+    assert_eq!(
+        auth::register(&s, creds(&email)).await.err(),
+        Some(AuthError::EmailTaken)
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_stops_answering_is_a_503_at_the_deadline() {
+    let _turn = exclusive().await;
+    let c = Cluster::get();
+    let (db, _) = c.database().await;
+    let proxy = Proxy::start(c.port).await;
+    let s = state(
+        &c.url("127.0.0.1", proxy.port, &db, "sslmode=disable"),
+        &[("DATABASE_TIMEOUT_MS", "1000")],
+    );
+    let email = unique_email();
+    auth::register(&s, creds(&email))
+        .await
+        .expect("register through the proxy");
+    proxy.silent.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let err = auth::login(&s, creds(&email)).await.expect_err("silent");
+    let waited = started.elapsed();
+    assert_eq!(err.code(), "service_unavailable");
+    // The Lambda timeout in template.yaml is 10 s; the answer comes at the 1 s deadline.
+    assert!(waited < Duration::from_secs(5), "took {waited:?}");
+    proxy.silent.store(false, Ordering::SeqCst);
+    assert!(
+        auth::login(&s, creds(&email)).await.is_ok(),
+        "a fresh connection works again"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_through_a_transaction_mode_pooler_has_no_protocol_errors() {
+    let _turn = exclusive().await;
+    let bouncer = std::env::var("FAULT_BOUNCER_PORT")
+        .unwrap_or_else(|_| panic!("FAULT_BOUNCER_PORT is not set: `make test` starts PgBouncer"));
+    let c = Cluster::get();
+    let (db, _) = c.database().await;
+    let url = c.url(
+        "127.0.0.1",
+        bouncer.parse().expect("port"),
+        &db,
+        "sslmode=disable",
+    );
+    // 50 instances with one connection each, as 50 concurrent Lambdas would be.
+    let flows: Vec<_> = (0..50)
+        .map(|_| {
+            let s = state(&url, &[("DATABASE_TIMEOUT_MS", "20000")]);
+            tokio::spawn(async move {
+                let email = unique_email();
+                auth::register(&s, creds(&email)).await?;
+                let token = auth::login(&s, creds(&email)).await?;
+                auth::current_user(&s, &token.token).await
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for flow in flows {
+        if let Err(e) = flow.await.expect("task") {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

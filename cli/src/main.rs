@@ -3,12 +3,14 @@
 //! - `migrate` applies the migrations embedded from `migrations/` (idempotent);
 //! - `verify` checks that the `users` table is what the code expects, and exits 1 with the
 //!   differences otherwise;
-//! - `status` lists the migrations and when each was applied.
+//! - `status` lists the migrations and when each was applied;
+//! - `events --user EMAIL` lists an account's recent audit events;
+//! - `prune` deletes audit rows and finished sessions older than the retention.
 //!
 //! It reads `DATABASE_URL` (and `PGSSLROOTCERT`) like the functions do, Neon URLs included.
 
 use clap::{Parser, Subcommand};
-use shared::{config::Secret, db::Db, schema};
+use shared::{config::Secret, db::Db, email::Email, schema, store};
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 #[derive(Parser)]
@@ -36,6 +38,21 @@ enum Command {
     Verify,
     /// List the migrations and whether each is applied.
     Status,
+    /// List an account's most recent audit events, newest first.
+    Events {
+        /// The account's email (any case; normalized like at login).
+        #[arg(long)]
+        user: String,
+        /// How many events.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Delete audit events and ended or expired sessions older than the retention.
+    Prune {
+        /// Keep this many days.
+        #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 90)]
+        retention_days: u32,
+    },
 }
 
 #[tokio::main]
@@ -92,6 +109,41 @@ async fn run(
                 eprintln!("  - {d}");
             }
             Ok(ExitCode::FAILURE)
+        }
+        Command::Events { user, limit } => {
+            let email = Email::parse(&user).map_err(|e| e.detail())?;
+            let events = store::events_for(&db, &email, limit)
+                .await
+                .map_err(|_| "could not read the audit log".to_owned())?;
+            if events.is_empty() {
+                println!("events: none for {email}");
+            }
+            for e in events {
+                let field = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+                println!(
+                    "{}\t{}\t{}\tsession={}\tip={}\tua={}",
+                    e.occurred_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    e.event,
+                    field(e.reason),
+                    field(e.session_id.map(|s| s.to_string())),
+                    field(e.source_ip),
+                    field(e.user_agent),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune { retention_days } => {
+            let now = chrono::Utc::now();
+            let cutoff = now - chrono::Duration::days(i64::from(retention_days));
+            let pruned = store::prune(&db, cutoff, now)
+                .await
+                .map_err(|_| "could not prune".to_owned())?;
+            println!(
+                "prune: deleted {} audit events and {} sessions older than {retention_days} days",
+                pruned.events, pruned.sessions
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
             let migrations = schema::status(&mut client)

@@ -73,6 +73,26 @@ impl Default for Argon2Settings {
     }
 }
 
+/// How access tokens are signed.
+#[derive(Debug, Clone)]
+pub enum SigningSettings {
+    /// RS256 with `JWT_PRIVATE_KEY` (PEM), named `JWT_KEY_ID` (else its RFC 7638 thumbprint),
+    /// plus `JWT_PUBLIC_KEYS`: older public keys still accepted, by kid, during a rotation.
+    Rs256 {
+        /// PKCS#8 or PKCS#1 PEM.
+        private_key_pem: Secret<String>,
+        /// The `kid` of the current key, if set.
+        key_id: Option<String>,
+        /// (kid, PEM public key) pairs.
+        extra_public_keys: Vec<(String, String)>,
+    },
+    /// HS256 with `JWT_SECRET` (at least 32 bytes).
+    Hs256 {
+        /// The shared secret.
+        secret: Secret<Vec<u8>>,
+    },
+}
+
 /// The service's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -84,8 +104,8 @@ pub struct Config {
     pub pool_max_size: usize,
     /// `DATABASE_TIMEOUT_MS` (3000): bound on every database call, connecting included.
     pub db_timeout: Duration,
-    /// `JWT_SECRET`: HS256 key, at least 32 bytes.
-    pub jwt_secret: Secret<Vec<u8>>,
+    /// RS256 when `JWT_PRIVATE_KEY` is set, else HS256 with `JWT_SECRET`.
+    pub signing: SigningSettings,
     /// `JWT_ISSUER`: the `iss` claim.
     pub jwt_issuer: String,
     /// `JWT_AUDIENCE`: the `aud` claim.
@@ -96,6 +116,22 @@ pub struct Config {
     pub password_min_length: usize,
     /// `ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`, `ARGON2_PARALLELISM`.
     pub argon2: Argon2Settings,
+    /// `REFRESH_REUSE_GRACE_SECONDS` (10): a rotated refresh token presented again this soon is
+    /// a client race, not theft.
+    pub refresh_grace: Duration,
+    /// `SESSION_IDLE_SECONDS` (7 days): a session unused this long ends.
+    pub session_idle: Duration,
+    /// `SESSION_MAX_SECONDS` (30 days): a session ends this long after its login.
+    pub session_max: Duration,
+    /// `IP_RATE_LIMIT_PER_MINUTE` (60; 0 turns it off): requests per source address per
+    /// sliding minute, shared by register, login and refresh.
+    pub ip_rate_limit_per_minute: u32,
+    /// `LOGIN_BACKOFF_AFTER` (5): failed logins of one account before the backoff starts.
+    pub login_backoff_after: u32,
+    /// `LOGIN_BACKOFF_MAX_SECONDS` (900): the longest backoff.
+    pub login_backoff_max: Duration,
+    /// `AUDIT_RETENTION_DAYS` (90): `authctl prune` deletes older audit rows and ended sessions.
+    pub audit_retention_days: u32,
 }
 
 impl Config {
@@ -117,15 +153,7 @@ impl Config {
             ));
         }
 
-        let jwt_secret = get("JWT_SECRET").ok_or_else(|| {
-            ConfigError::new("JWT_SECRET", "is required (at least 32 random bytes)")
-        })?;
-        if jwt_secret.len() < MIN_JWT_SECRET_BYTES {
-            return Err(ConfigError::new(
-                "JWT_SECRET",
-                format!("must be at least {MIN_JWT_SECRET_BYTES} bytes long"),
-            ));
-        }
+        let signing = signing_settings(&get)?;
 
         let number =
             |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
@@ -152,7 +180,7 @@ impl Config {
             ssl_root_cert: get("PGSSLROOTCERT").map(PathBuf::from),
             pool_max_size: number("DATABASE_POOL_MAX_SIZE", 1, 1, 100)? as usize,
             db_timeout: Duration::from_millis(number("DATABASE_TIMEOUT_MS", 3_000, 100, 20_000)?),
-            jwt_secret: Secret::new(jwt_secret.into_bytes()),
+            signing,
             jwt_issuer: get("JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.to_owned()),
             jwt_audience: get("JWT_AUDIENCE").unwrap_or_else(|| DEFAULT_AUDIENCE.to_owned()),
             access_token_ttl: Duration::from_secs(number(
@@ -163,8 +191,102 @@ impl Config {
             )?),
             password_min_length: number("PASSWORD_MIN_LENGTH", 12, 8, 64)? as usize,
             argon2,
+            refresh_grace: Duration::from_secs(number("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 300)?),
+            session_idle: Duration::from_secs(number(
+                "SESSION_IDLE_SECONDS",
+                604_800,
+                60,
+                31_536_000,
+            )?),
+            session_max: Duration::from_secs(number(
+                "SESSION_MAX_SECONDS",
+                2_592_000,
+                60,
+                31_536_000,
+            )?),
+            ip_rate_limit_per_minute: number("IP_RATE_LIMIT_PER_MINUTE", 60, 0, 1_000_000)? as u32,
+            login_backoff_after: number("LOGIN_BACKOFF_AFTER", 5, 1, 1_000)? as u32,
+            login_backoff_max: Duration::from_secs(number(
+                "LOGIN_BACKOFF_MAX_SECONDS",
+                900,
+                1,
+                86_400,
+            )?),
+            audit_retention_days: number("AUDIT_RETENTION_DAYS", 90, 1, 3_650)? as u32,
         })
     }
+
+    /// The HMAC key that derives a rotated refresh token's successor, so that a client racing
+    /// inside the grace window gets the same successor without it ever being stored. Derived
+    /// from the signing secret, which every function has.
+    pub fn refresh_derivation_key(&self) -> Vec<u8> {
+        let material: &[u8] = match &self.signing {
+            SigningSettings::Rs256 {
+                private_key_pem, ..
+            } => private_key_pem.expose().as_bytes(),
+            SigningSettings::Hs256 { secret } => secret.expose(),
+        };
+        let mut key = b"auth-lambda refresh successor v1\0".to_vec();
+        key.extend_from_slice(material);
+        key
+    }
+}
+
+/// RS256 when `JWT_PRIVATE_KEY` is set, else HS256 when `JWT_SECRET` is, else an error.
+fn signing_settings(get: &dyn Fn(&str) -> Option<String>) -> Result<SigningSettings, ConfigError> {
+    if let Some(pem) = get("JWT_PRIVATE_KEY") {
+        // One-line forms (.env files, some consoles) carry the PEM's newlines as "\n".
+        let pem = pem.replace("\\n", "\n");
+        if !pem.contains("PRIVATE KEY-----") {
+            return Err(ConfigError::new(
+                "JWT_PRIVATE_KEY",
+                "must be a PEM private key",
+            ));
+        }
+        let extra_public_keys = match get("JWT_PUBLIC_KEYS") {
+            None => Vec::new(),
+            Some(raw) => {
+                let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&raw)
+                    .map_err(|_| {
+                        ConfigError::new(
+                            "JWT_PUBLIC_KEYS",
+                            "must be a JSON object of kid to PEM public key",
+                        )
+                    })?;
+                map.into_iter()
+                    .map(|(kid, pem)| match pem.as_str() {
+                        Some(p) if p.contains("PUBLIC KEY-----") => {
+                            Ok((kid, p.replace("\\n", "\n")))
+                        }
+                        _ => Err(ConfigError::new(
+                            "JWT_PUBLIC_KEYS",
+                            "must map each kid to a PEM public key",
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        return Ok(SigningSettings::Rs256 {
+            private_key_pem: Secret::new(pem),
+            key_id: get("JWT_KEY_ID"),
+            extra_public_keys,
+        });
+    }
+    let secret = get("JWT_SECRET").ok_or_else(|| {
+        ConfigError::new(
+            "JWT_SECRET",
+            "or JWT_PRIVATE_KEY is required (a signing key for access tokens)",
+        )
+    })?;
+    if secret.len() < MIN_JWT_SECRET_BYTES {
+        return Err(ConfigError::new(
+            "JWT_SECRET",
+            format!("must be at least {MIN_JWT_SECRET_BYTES} bytes long"),
+        ));
+    }
+    Ok(SigningSettings::Hs256 {
+        secret: Secret::new(secret.into_bytes()),
+    })
 }
 
 #[cfg(test)]

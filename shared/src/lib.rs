@@ -2,7 +2,7 @@
 //! start and hands each request to one of [`http::handlers`]:
 //!
 //! - [`config`]: every setting, validated at init;
-//! - [`db`]: the connection pool, TLS, deadlines and retry; [`users`]: all the SQL;
+//! - [`db`]: the connection pool, TLS, deadlines and retry; [`store`]: all the SQL;
 //! - [`email`], [`password`]: parsed newtypes and argon2id; [`token`]: JWT issue and verify;
 //! - [`auth`]: the operations, free of Lambda types; [`error`]: the one error enum;
 //! - [`http`]: the only module that knows `lambda_http`.
@@ -16,13 +16,19 @@ pub mod http;
 pub mod password;
 #[cfg(feature = "migrations")]
 pub mod schema;
+pub mod store;
 pub mod token;
-pub mod users;
 
+use chrono::{DateTime, Utc};
 use config::{Config, ConfigError};
+use std::sync::Arc;
+
+/// Where "now" comes from: the system clock in production, a hand-set one in tests of idle and
+/// absolute session limits.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// What every request needs, built once per cold start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppState {
     /// The settings.
     pub config: Config,
@@ -32,6 +38,20 @@ pub struct AppState {
     pub passwords: password::Passwords,
     /// JWT keys and validation rules.
     pub tokens: token::TokenKeys,
+    /// The HMAC key deriving a rotated refresh token's successor.
+    pub refresh_key: aws_lc_rs::hmac::Key,
+    /// The time source.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .field("db", &self.db)
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppState {
@@ -48,10 +68,20 @@ impl AppState {
         })?;
         Ok(Self {
             db: db::Db::from_config(&config)?,
-            tokens: token::TokenKeys::from_config(&config),
+            tokens: token::TokenKeys::from_config(&config)?,
+            refresh_key: aws_lc_rs::hmac::Key::new(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                &config.refresh_derivation_key(),
+            ),
+            clock: Arc::new(Utc::now),
             passwords,
             config,
         })
+    }
+
+    /// The current time, from [`AppState::clock`].
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
     }
 }
 

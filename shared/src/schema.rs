@@ -49,8 +49,9 @@ pub async fn status(client: &mut Client) -> Result<Vec<MigrationStatus>, refiner
     } else {
         Vec::new()
     };
-    Ok(runner
-        .get_migrations()
+    let mut migrations = runner.get_migrations().clone();
+    migrations.sort_by_key(|m| m.version());
+    Ok(migrations
         .iter()
         .map(|m| MigrationStatus {
             version: m.version() as i32,
@@ -172,6 +173,35 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         .await?;
     if unique_email_index.is_empty() {
         differences.push("index: missing valid unique index on users(email)".to_owned());
+    }
+
+    // The session, limit and audit tables and the functions that work on them (V2).
+    for table in [
+        "sessions",
+        "refresh_tokens",
+        "login_throttle",
+        "ip_rate_limits",
+        "auth_events",
+    ] {
+        let found = client
+            .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&table])
+            .await?;
+        if !found.get::<_, bool>(0) {
+            differences.push(format!("table {table}: missing (run `authctl migrate`)"));
+        }
+    }
+    for function in ["auth_refresh", "auth_ip_allow"] {
+        let found = client
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_proc WHERE proname = $1::text",
+                &[&function],
+            )
+            .await?;
+        if !found.get::<_, bool>(0) {
+            differences.push(format!(
+                "function {function}: missing (run `authctl migrate`)"
+            ));
+        }
     }
     Ok(differences)
 }

@@ -4,12 +4,12 @@ mod common;
 
 use common::{STRONG_PASSWORD, fresh_state, psql, unique_email};
 use shared::{
-    auth::{self, Credentials},
+    auth::Credentials,
     config::Argon2Settings,
     email::Email,
     error::AuthError,
     password::{NewPassword, Passwords},
-    users,
+    store,
 };
 
 fn creds(email: &str, password: &str) -> Credentials {
@@ -23,7 +23,7 @@ fn creds(email: &str, password: &str) -> Credentials {
 async fn a_registered_user_logs_in_and_the_token_opens_me() {
     let state = fresh_state(&[]).await;
     let email = unique_email();
-    let user = auth::register(
+    let user = common::register(
         &state,
         creds(&format!("  {}  ", email.to_uppercase()), STRONG_PASSWORD),
     )
@@ -31,11 +31,13 @@ async fn a_registered_user_logs_in_and_the_token_opens_me() {
     .expect("register");
     assert_eq!(user.email, email);
     assert!(user.is_active);
-    let token = auth::login(&state, creds(&email, STRONG_PASSWORD))
+    let token = common::login(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("login");
-    assert_eq!(token.expires_in, 900);
-    let me = auth::current_user(&state, &token.token).await.expect("me");
+    assert_eq!(token.access.expires_in, 900);
+    let me = common::current_user(&state, &token.access.token)
+        .await
+        .expect("me");
     assert_eq!(me, user);
 }
 
@@ -52,7 +54,9 @@ async fn twenty_concurrent_registrations_of_one_email_create_exactly_one_account
             } else {
                 format!(" {email}")
             };
-            tokio::spawn(async move { auth::register(&state, creds(&raw, STRONG_PASSWORD)).await })
+            tokio::spawn(
+                async move { common::register(&state, creds(&raw, STRONG_PASSWORD)).await },
+            )
         })
         .collect();
     let mut created = 0;
@@ -77,7 +81,7 @@ async fn twenty_concurrent_registrations_of_one_email_create_exactly_one_account
 async fn unknown_email_wrong_password_and_malformed_email_fail_alike() {
     let state = fresh_state(&[]).await;
     let email = unique_email();
-    auth::register(&state, creds(&email, STRONG_PASSWORD))
+    common::register(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("register");
     for (e, p) in [
@@ -88,7 +92,7 @@ async fn unknown_email_wrong_password_and_malformed_email_fail_alike() {
         ("", ""),
     ] {
         assert_eq!(
-            auth::login(&state, creds(e, p)).await.err(),
+            common::login(&state, creds(e, p)).await.err(),
             Some(AuthError::InvalidCredentials),
             "{e:?}"
         );
@@ -103,7 +107,7 @@ async fn an_invalid_registration_changes_nothing() {
         (&*unique_email(), "short", "invalid_password"),
         (&*unique_email(), "password1234", "weak_password"),
     ] {
-        let err = auth::register(&state, creds(e, p))
+        let err = common::register(&state, creds(e, p))
             .await
             .expect_err("refused");
         assert_eq!(err.code(), code);
@@ -119,7 +123,7 @@ async fn an_invalid_registration_changes_nothing() {
 #[tokio::test]
 async fn the_same_address_in_another_case_or_as_an_idn_is_taken() {
     let state = fresh_state(&[]).await;
-    auth::register(&state, creds("Ann@München.de", STRONG_PASSWORD))
+    common::register(&state, creds("Ann@München.de", STRONG_PASSWORD))
         .await
         .expect("register");
     for variant in [
@@ -128,14 +132,14 @@ async fn the_same_address_in_another_case_or_as_an_idn_is_taken() {
         " ann@münchen.de\u{a0}",
     ] {
         assert_eq!(
-            auth::register(&state, creds(variant, STRONG_PASSWORD))
+            common::register(&state, creds(variant, STRONG_PASSWORD))
                 .await
                 .err(),
             Some(AuthError::EmailTaken)
         );
     }
     assert!(
-        auth::login(&state, creds("ann@xn--mnchen-3ya.de", STRONG_PASSWORD))
+        common::login(&state, creds("ann@xn--mnchen-3ya.de", STRONG_PASSWORD))
             .await
             .is_ok()
     );
@@ -145,14 +149,14 @@ async fn the_same_address_in_another_case_or_as_an_idn_is_taken() {
 async fn a_password_is_verified_in_its_nfkc_form() {
     let state = fresh_state(&[]).await;
     let email = unique_email();
-    auth::register(
+    common::register(
         &state,
         creds(&email, "Ｔｒｏｍｂｏｎｅ－Ｌａｎｔｅｒｎ－９２７"),
     )
     .await
     .expect("register");
     assert!(
-        auth::login(&state, creds(&email, "Trombone-Lantern-927"))
+        common::login(&state, creds(&email, "Trombone-Lantern-927"))
             .await
             .is_ok()
     );
@@ -173,10 +177,10 @@ async fn a_password_is_verified_in_its_nfkc_form() {
 async fn a_disabled_account_is_refused_after_the_password_check_and_its_tokens_stop_working() {
     let state = fresh_state(&[]).await;
     let email = unique_email();
-    let user = auth::register(&state, creds(&email, STRONG_PASSWORD))
+    let user = common::register(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("register");
-    let token = auth::login(&state, creds(&email, STRONG_PASSWORD))
+    let token = common::login(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("login");
     psql(&state)
@@ -188,19 +192,21 @@ async fn a_disabled_account_is_refused_after_the_password_check_and_its_tokens_s
         .await
         .expect("q");
     assert_eq!(
-        auth::login(&state, creds(&email, STRONG_PASSWORD))
+        common::login(&state, creds(&email, STRONG_PASSWORD))
             .await
             .err(),
         Some(AuthError::AccountDisabled)
     );
     assert_eq!(
-        auth::login(&state, creds(&email, "not the password!"))
+        common::login(&state, creds(&email, "not the password!"))
             .await
             .err(),
         Some(AuthError::InvalidCredentials)
     );
     assert_eq!(
-        auth::current_user(&state, &token.token).await.err(),
+        common::current_user(&state, &token.access.token)
+            .await
+            .err(),
         Some(AuthError::InvalidToken)
     );
 }
@@ -209,10 +215,10 @@ async fn a_disabled_account_is_refused_after_the_password_check_and_its_tokens_s
 async fn a_deleted_user_s_token_stops_working_at_once() {
     let state = fresh_state(&[]).await;
     let email = unique_email();
-    let user = auth::register(&state, creds(&email, STRONG_PASSWORD))
+    let user = common::register(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("register");
-    let token = auth::login(&state, creds(&email, STRONG_PASSWORD))
+    let token = common::login(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("login");
     psql(&state)
@@ -221,7 +227,9 @@ async fn a_deleted_user_s_token_stops_working_at_once() {
         .await
         .expect("q");
     assert_eq!(
-        auth::current_user(&state, &token.token).await.err(),
+        common::current_user(&state, &token.access.token)
+            .await
+            .err(),
         Some(AuthError::InvalidToken)
     );
 }
@@ -240,10 +248,16 @@ async fn a_login_upgrades_a_hash_weaker_than_the_configured_parameters() {
         .hash(&NewPassword::parse(STRONG_PASSWORD, &email, 12).expect("pw"))
         .await
         .expect("hash");
-    let user = users::insert_user(&state.db, &email, &old)
-        .await
-        .expect("insert");
-    auth::login(&state, creds(email.as_str(), STRONG_PASSWORD))
+    let user = store::insert_user(
+        &state.db,
+        &email,
+        &old,
+        &store::Client::default(),
+        chrono::Utc::now(),
+    )
+    .await
+    .expect("insert");
+    common::login(&state, creds(email.as_str(), STRONG_PASSWORD))
         .await
         .expect("login");
     let stored: String = psql(&state)
@@ -260,7 +274,7 @@ async fn a_login_upgrades_a_hash_weaker_than_the_configured_parameters() {
         "{stored}"
     );
     assert!(
-        auth::login(&state, creds(email.as_str(), STRONG_PASSWORD))
+        common::login(&state, creds(email.as_str(), STRONG_PASSWORD))
             .await
             .is_ok()
     );
@@ -270,7 +284,7 @@ async fn a_login_upgrades_a_hash_weaker_than_the_configured_parameters() {
 async fn a_connection_ended_by_the_server_is_replaced_without_failing_the_request() {
     let state = fresh_state(&[]).await;
     let email = unique_email();
-    auth::register(&state, creds(&email, STRONG_PASSWORD))
+    common::register(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("register");
     // What a Neon compute suspending does to every open connection.
@@ -279,7 +293,7 @@ async fn a_connection_ended_by_the_server_is_replaced_without_failing_the_reques
         .await
         .expect("terminate");
     assert!(
-        auth::login(&state, creds(&email, STRONG_PASSWORD))
+        common::login(&state, creds(&email, STRONG_PASSWORD))
             .await
             .is_ok()
     );
@@ -294,7 +308,7 @@ async fn an_unreachable_database_is_a_503_not_a_500_or_a_hang() {
     ))
     .expect("state");
     let started = std::time::Instant::now();
-    let err = auth::login(&state, creds(&unique_email(), STRONG_PASSWORD))
+    let err = common::login(&state, creds(&unique_email(), STRONG_PASSWORD))
         .await
         .expect_err("down");
     assert_eq!(
@@ -303,7 +317,7 @@ async fn an_unreachable_database_is_a_503_not_a_500_or_a_hang() {
             retry_after_secs: 2
         }
     );
-    let err = auth::register(&state, creds(&unique_email(), STRONG_PASSWORD))
+    let err = common::register(&state, creds(&unique_email(), STRONG_PASSWORD))
         .await
         .expect_err("down");
     assert_eq!(err.code(), "service_unavailable");

@@ -8,11 +8,7 @@
 mod common;
 
 use common::{STRONG_PASSWORD, unique_email};
-use shared::{
-    AppState,
-    auth::{self, Credentials},
-    error::AuthError,
-};
+use shared::{AppState, auth::Credentials, error::AuthError};
 use std::{
     path::PathBuf,
     process::Command,
@@ -151,7 +147,7 @@ async fn a_neon_style_url_connects_over_verified_tls_with_channel_binding() {
         &[("PGSSLROOTCERT", &ca)],
     );
     let email = unique_email();
-    auth::register(&s, creds(&email))
+    common::register(&s, creds(&email))
         .await
         .expect("register over TLS");
     assert!(uses_tls(&s).await);
@@ -165,7 +161,7 @@ async fn a_neon_style_url_connects_over_verified_tls_with_channel_binding() {
         ),
         &[],
     );
-    assert!(auth::login(&s, creds(&email)).await.is_ok());
+    assert!(common::login(&s, creds(&email)).await.is_ok());
     assert!(uses_tls(&s).await);
     // verify-ca checks the chain but not the name, so 127.0.0.1 is fine there.
     let s = state(
@@ -177,7 +173,7 @@ async fn a_neon_style_url_connects_over_verified_tls_with_channel_binding() {
         ),
         &[],
     );
-    assert!(auth::login(&s, creds(&email)).await.is_ok());
+    assert!(common::login(&s, creds(&email)).await.is_ok());
 }
 
 #[tokio::test]
@@ -192,7 +188,7 @@ async fn a_certificate_for_another_host_or_from_an_unknown_ca_is_refused() {
         format!("sslmode=verify-full&sslrootcert={ca}"),
     ] {
         let s = state(&c.url("127.0.0.1", c.port, &db, &query), &[]);
-        let err = auth::login(&s, creds(&unique_email()))
+        let err = common::login(&s, creds(&unique_email()))
             .await
             .expect_err("refused");
         assert_eq!(err.code(), "service_unavailable", "{query}");
@@ -200,7 +196,7 @@ async fn a_certificate_for_another_host_or_from_an_unknown_ca_is_refused() {
     // The throwaway CA is not among the system roots.
     let s = state(&c.url("localhost", c.port, &db, "sslmode=require"), &[]);
     assert_eq!(
-        auth::login(&s, creds(&unique_email()))
+        common::login(&s, creds(&unique_email()))
             .await
             .err()
             .map(|e| e.code()),
@@ -215,15 +211,15 @@ async fn a_request_after_a_server_restart_succeeds() {
     let (db, _) = c.database().await;
     let s = state(&c.url("127.0.0.1", c.port, &db, "sslmode=disable"), &[]);
     let email = unique_email();
-    auth::register(&s, creds(&email)).await.expect("register");
+    common::register(&s, creds(&email)).await.expect("register");
     c.stop();
     c.start();
     // The pooled connection died with the old server; one retry on a new one hides it.
-    assert!(auth::login(&s, creds(&email)).await.is_ok());
+    assert!(common::login(&s, creds(&email)).await.is_ok());
     let again = unique_email();
     c.stop();
     c.start();
-    auth::register(&s, creds(&again))
+    common::register(&s, creds(&again))
         .await
         .expect("registration after a restart");
 }
@@ -238,14 +234,14 @@ async fn a_database_that_is_down_answers_503_fast_and_keeps_no_partial_rows() {
         &[("DATABASE_TIMEOUT_MS", "3000")],
     );
     let email = unique_email();
-    auth::register(&s, creds(&email)).await.expect("register");
+    common::register(&s, creds(&email)).await.expect("register");
     drop(direct);
     c.stop();
     let started = Instant::now();
-    let down = auth::register(&s, creds(&unique_email()))
+    let down = common::register(&s, creds(&unique_email()))
         .await
         .expect_err("down");
-    let login = auth::login(&s, creds(&email)).await.expect_err("down");
+    let login = common::login(&s, creds(&email)).await.expect_err("down");
     c.start();
     assert_eq!(
         down,
@@ -281,7 +277,7 @@ async fn a_database_that_is_down_answers_503_fast_and_keeps_no_partial_rows() {
         "only the account registered before the outage exists"
     );
     assert!(
-        auth::login(&s, creds(&email)).await.is_ok(),
+        common::login(&s, creds(&email)).await.is_ok(),
         "the next request after recovery succeeds"
     );
 }
@@ -296,16 +292,16 @@ async fn a_function_whose_database_is_down_at_init_starts_and_recovers() {
     // What `http::run` does at cold start: build the state, try to connect, never fail init.
     let s = state(&c.url("127.0.0.1", c.port, &db, "sslmode=disable"), &[]);
     s.db.warm_up().await;
-    let answer = auth::login(&s, creds(&unique_email()))
+    let answer = common::login(&s, creds(&unique_email()))
         .await
         .expect_err("down");
     c.start();
     assert_eq!(answer.code(), "service_unavailable");
     let email = unique_email();
-    auth::register(&s, creds(&email))
+    common::register(&s, creds(&email))
         .await
         .expect("register once the database is back");
-    assert!(auth::login(&s, creds(&email)).await.is_ok());
+    assert!(common::login(&s, creds(&email)).await.is_ok());
 }
 
 /// A TCP proxy between the functions and Postgres that can go silent without closing anything
@@ -385,14 +381,14 @@ async fn a_registration_whose_answer_was_lost_is_retried_without_a_false_email_t
     let (db, direct) = c.database().await;
     let proxy = Proxy::start(c.port).await;
     let s = state(&c.url("127.0.0.1", proxy.port, &db, "sslmode=disable"), &[]);
-    auth::register(&s, creds(&unique_email()))
+    common::register(&s, creds(&unique_email()))
         .await
         .expect("a first registration opens the connection");
     proxy.cut_open_connections();
     // The server commits this insert, but its answer never arrives and the connection closes:
     // the retry on a new connection meets its own row and must not call the email taken.
     let email = unique_email();
-    let user = auth::register(&s, creds(&email))
+    let user = common::register(&s, creds(&email))
         .await
         .expect("registered despite the lost answer");
     let rows = direct
@@ -402,7 +398,7 @@ async fn a_registration_whose_answer_was_lost_is_retried_without_a_false_email_t
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, uuid::Uuid>(0), user.id);
     assert_eq!(
-        auth::register(&s, creds(&email)).await.err(),
+        common::register(&s, creds(&email)).await.err(),
         Some(AuthError::EmailTaken)
     );
 }
@@ -418,19 +414,19 @@ async fn a_connection_that_stops_answering_is_a_503_at_the_deadline() {
         &[("DATABASE_TIMEOUT_MS", "1000")],
     );
     let email = unique_email();
-    auth::register(&s, creds(&email))
+    common::register(&s, creds(&email))
         .await
         .expect("register through the proxy");
     proxy.silent.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    let err = auth::login(&s, creds(&email)).await.expect_err("silent");
+    let err = common::login(&s, creds(&email)).await.expect_err("silent");
     let waited = started.elapsed();
     assert_eq!(err.code(), "service_unavailable");
     // The Lambda timeout in template.yaml is 10 s; the answer comes at the 1 s deadline.
     assert!(waited < Duration::from_secs(5), "took {waited:?}");
     proxy.silent.store(false, Ordering::SeqCst);
     assert!(
-        auth::login(&s, creds(&email)).await.is_ok(),
+        common::login(&s, creds(&email)).await.is_ok(),
         "a fresh connection works again"
     );
 }
@@ -454,9 +450,9 @@ async fn a_burst_through_a_transaction_mode_pooler_has_no_protocol_errors() {
             let s = state(&url, &[("DATABASE_TIMEOUT_MS", "20000")]);
             tokio::spawn(async move {
                 let email = unique_email();
-                auth::register(&s, creds(&email)).await?;
-                let token = auth::login(&s, creds(&email)).await?;
-                auth::current_user(&s, &token.token).await
+                common::register(&s, creds(&email)).await?;
+                let token = common::login(&s, creds(&email)).await?;
+                common::current_user(&s, &token.access.token).await
             })
         })
         .collect();

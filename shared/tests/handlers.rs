@@ -273,7 +273,11 @@ async fn me_refuses_missing_foreign_and_expired_tokens_with_a_bearer_challenge()
     .expect("uuid");
     let expired = state
         .tokens
-        .issue_at(user_id, chrono::Utc::now().timestamp() - 3_600)
+        .issue(
+            user_id,
+            uuid::Uuid::new_v4(),
+            chrono::Utc::now().timestamp() - 3_600,
+        )
         .expect("issue");
     let response = handlers::me(&state, me(Some(&format!("Bearer {}", expired.token))))
         .await
@@ -310,7 +314,11 @@ async fn an_unreachable_database_answers_503_with_retry_after() {
     .expect("state");
     let token = state
         .tokens
-        .issue(uuid::Uuid::new_v4())
+        .issue(
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            chrono::Utc::now().timestamp(),
+        )
         .expect("issue")
         .token;
     let responses = [

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{SECRET, STRONG_PASSWORD, fresh_state, unique_email};
-use shared::auth::{self, Credentials};
+use shared::auth::Credentials;
 use std::{
     io::Write,
     sync::{Arc, Mutex},
@@ -45,18 +45,20 @@ async fn every_outcome_is_logged_once_without_secrets() {
     let state = fresh_state(&[]).await;
     let email = unique_email();
     let local = email.split('@').next().expect("local part").to_owned();
-    let user = auth::register(&state, creds(&email, STRONG_PASSWORD))
+    let user = common::register(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("register");
-    let _ = auth::register(&state, creds(&email, STRONG_PASSWORD)).await;
-    let _ = auth::register(&state, creds(&unique_email(), "password1234")).await;
-    let token = auth::login(&state, creds(&email, STRONG_PASSWORD))
+    let _ = common::register(&state, creds(&email, STRONG_PASSWORD)).await;
+    let _ = common::register(&state, creds(&unique_email(), "password1234")).await;
+    let token = common::login(&state, creds(&email, STRONG_PASSWORD))
         .await
         .expect("login");
-    let _ = auth::login(&state, creds(&email, "a wrong password here")).await;
-    let _ = auth::login(&state, creds("nobody@example.com", STRONG_PASSWORD)).await;
-    auth::current_user(&state, &token.token).await.expect("me");
-    let _ = auth::current_user(&state, "garbage").await;
+    let _ = common::login(&state, creds(&email, "a wrong password here")).await;
+    let _ = common::login(&state, creds("nobody@example.com", STRONG_PASSWORD)).await;
+    common::current_user(&state, &token.access.token)
+        .await
+        .expect("me");
+    let _ = common::current_user(&state, "garbage").await;
 
     let hash: String = common::psql(&state)
         .await
@@ -76,7 +78,7 @@ async fn every_outcome_is_logged_once_without_secrets() {
     for (what, secret) in [
         ("password", STRONG_PASSWORD),
         ("weak password", "password1234"),
-        ("token", token.token.as_str()),
+        ("token", token.access.token.as_str()),
         ("jwt secret", SECRET),
         ("hash", hash.as_str()),
         ("email local part", local.as_str()),

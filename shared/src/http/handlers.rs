@@ -1,17 +1,23 @@
 //! One handler per route. Each parses the request, calls the matching `auth` operation and
 //! renders the outcome; they never fail at the Lambda level, every error is a problem document.
 
-use super::{Bearer, bearer, json, json_object, render, string_field};
+use super::{
+    Bearer, bearer, client, json, json_object, no_content, public_json, query_param, render,
+    string_field,
+};
 use crate::{
     AppState,
-    auth::{self, Credentials},
+    auth::{self, Credentials, Tokens},
     error::AuthError,
-    token::IssuedToken,
-    users::User,
+    store::User,
 };
 use chrono::SecondsFormat;
 use lambda_http::{Body, Error, Request, Response};
 use serde::Serialize;
+
+/// How long clients and API Gateway's JWT authorizer may cache the key set and discovery
+/// document. Short enough that a key added for rotation is seen well before it signs.
+const KEYS_MAX_AGE_SECS: u32 = 300;
 
 /// The public view of a user (register's 201 and me's 200).
 #[derive(Serialize)]
@@ -38,6 +44,19 @@ struct TokenBody<'a> {
     access_token: &'a str,
     token_type: &'static str,
     expires_in: u64,
+    refresh_token: &'a str,
+}
+
+fn tokens(tokens: Tokens) -> Response<Body> {
+    json(
+        200,
+        &TokenBody {
+            access_token: &tokens.access.token,
+            token_type: "Bearer",
+            expires_in: tokens.access.expires_in,
+            refresh_token: &tokens.refresh_token,
+        },
+    )
 }
 
 fn credentials(req: &Request) -> Result<Credentials, AuthError> {
@@ -50,39 +69,79 @@ fn credentials(req: &Request) -> Result<Credentials, AuthError> {
 
 /// `POST /auth/register` → 201 with the new user.
 pub async fn register(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
-    let result = match credentials(&req) {
-        Ok(creds) => auth::register(state, creds).await,
-        Err(e) => Err(e),
-    };
+    let client = client(&req);
+    let result = async {
+        auth::check_source_address(state, &client, "register").await?;
+        auth::register(state, credentials(&req)?, &client).await
+    }
+    .await;
     Ok(render(result, |user| json(201, &UserBody::from(&user))))
 }
 
-/// `POST /auth/login` → 200 with an access token.
+/// `POST /auth/login` → 200 with an access token and a refresh token.
 pub async fn login(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
-    let result = match credentials(&req) {
-        Ok(creds) => auth::login(state, creds).await,
-        Err(e) => Err(e),
-    };
-    Ok(render(result, |issued: IssuedToken| {
-        json(
-            200,
-            &TokenBody {
-                access_token: &issued.token,
-                token_type: "Bearer",
-                expires_in: issued.expires_in,
-            },
-        )
-    }))
+    let client = client(&req);
+    let result = async {
+        auth::check_source_address(state, &client, "login").await?;
+        auth::login(state, credentials(&req)?, &client).await
+    }
+    .await;
+    Ok(render(result, tokens))
+}
+
+/// `POST /auth/refresh` → 200 with a new access token and the refresh token's successor.
+pub async fn refresh(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let client = client(&req);
+    let result = async {
+        auth::check_source_address(state, &client, "refresh").await?;
+        let body = json_object(&req)?;
+        auth::refresh(state, &string_field(&body, "refresh_token")?, &client).await
+    }
+    .await;
+    Ok(render(result, tokens))
 }
 
 /// `GET /auth/me` → 200 with the token's user.
 pub async fn me(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let client = client(&req);
     let result = match bearer(&req) {
         Bearer::Missing => {
             tracing::info!(event = "token.rejected", reason = "missing");
             Err(AuthError::MissingToken)
         }
-        Bearer::Token(token) => auth::current_user(state, token).await,
+        Bearer::Token(token) => auth::current_user(state, token, &client).await,
     };
     Ok(render(result, |user| json(200, &UserBody::from(&user))))
+}
+
+/// `POST /auth/logout[?scope=global]` → 204; ends the token's session, or all of its user's.
+pub async fn logout(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let client = client(&req);
+    let result = async {
+        let global = match query_param(&req, "scope")?.as_deref() {
+            None => false,
+            Some("global") => true,
+            Some(_) => {
+                return Err(AuthError::InvalidRequest(
+                    "The query parameter `scope` may only be `global`.".into(),
+                ));
+            }
+        };
+        match bearer(&req) {
+            Bearer::Missing => Err(AuthError::MissingToken),
+            Bearer::Token(token) => auth::logout(state, token, global, &client).await,
+        }
+    }
+    .await;
+    Ok(render(result, |()| no_content()))
+}
+
+/// `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`, cacheable.
+pub async fn keys(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let document = if req.uri().path().ends_with("/openid-configuration") {
+        state.tokens.discovery_json()
+    } else {
+        state.tokens.jwks_json()
+    };
+    Ok(public_json(document, KEYS_MAX_AGE_SECS))
 }

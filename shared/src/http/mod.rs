@@ -4,13 +4,14 @@
 
 pub mod handlers;
 
-use crate::{AppState, error::AuthError};
+use crate::{AppState, error::AuthError, store::Client};
 use lambda_http::{
-    Body, Request, Response,
+    Body, Request, RequestExt, Response,
     http::{
         HeaderMap, HeaderValue, StatusCode,
         header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE},
     },
+    request::RequestContext,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -71,6 +72,39 @@ pub fn string_field(object: &Map<String, Value>, name: &str) -> Result<String, A
     }
 }
 
+/// Who sent the request, for the limits and the audit: the source address API Gateway saw
+/// (`requestContext.http.sourceIp`; `X-Forwarded-For` is client-controlled and never read)
+/// and the user agent.
+pub fn client(req: &Request) -> Client {
+    let source_ip = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.http.source_ip.clone(),
+        _ => None,
+    };
+    let user_agent = req
+        .headers()
+        .get(lambda_http::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(512).collect());
+    Client {
+        source_ip,
+        user_agent,
+    }
+}
+
+/// The value of a query parameter; `Err` when it is given more than once.
+pub fn query_param(req: &Request, name: &str) -> Result<Option<String>, AuthError> {
+    let mut values = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned());
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(AuthError::InvalidRequest(format!(
+            "The query parameter `{name}` is given twice."
+        )));
+    }
+    Ok(first)
+}
+
 /// What the `Authorization` header holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Bearer<'a> {
@@ -110,6 +144,22 @@ pub fn json<T: Serialize>(status: u16, body: &T) -> Response<Body> {
             problem(&AuthError::Internal)
         }
     }
+}
+
+/// A 204 with no body.
+pub fn no_content() -> Response<Body> {
+    respond(204, Body::Empty)
+}
+
+/// A cacheable JSON document (the key set and the discovery document).
+pub fn public_json(body: &str, max_age_secs: u32) -> Response<Body> {
+    let mut response = Response::new(Body::Text(body.to_owned()));
+    response.headers_mut().insert(CONTENT_TYPE, JSON);
+    response.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_str(&format!("public, max-age={max_age_secs}")).unwrap_or(NO_STORE),
+    );
+    response
 }
 
 fn respond(status: u16, body: Body) -> Response<Body> {

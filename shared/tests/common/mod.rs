@@ -4,7 +4,13 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
-use shared::{AppState, config::Config};
+use shared::{
+    AppState,
+    auth::{self, Credentials, Tokens},
+    config::Config,
+    error::AuthError,
+    store::{Client, User},
+};
 use std::collections::HashMap;
 
 pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
@@ -86,4 +92,17 @@ pub async fn psql(state: &AppState) -> tokio_postgres::Client {
 
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// The operations as a request without a source address calls them (no per-address limit).
+pub async fn register(state: &AppState, credentials: Credentials) -> Result<User, AuthError> {
+    auth::register(state, credentials, &Client::default()).await
+}
+
+pub async fn login(state: &AppState, credentials: Credentials) -> Result<Tokens, AuthError> {
+    auth::login(state, credentials, &Client::default()).await
+}
+
+pub async fn current_user(state: &AppState, bearer: &str) -> Result<User, AuthError> {
+    auth::current_user(state, bearer, &Client::default()).await
 }

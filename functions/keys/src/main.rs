@@ -1,0 +1,7 @@
+//! `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`: see
+//! `shared::http::handlers::keys`.
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), lambda_http::Error> {
+    shared::http::run(shared::http::handlers::keys).await
+}

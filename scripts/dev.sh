@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make dev`: a local Postgres (created, started and migrated on first use), a development
-# JWT_SECRET in .env, and the functions served on http://localhost:9000 with hot reload.
+# signing key in .env, and the functions served on http://localhost:9000 with hot reload.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -11,7 +11,7 @@ DB_PORT="${DEV_DB_PORT:-54329}"
 ensure_venv
 step "local postgres (.local/pg/dev, port $DB_PORT)"
 scripts/pg.sh start dev "$DB_PORT"
-ensure_dotenv
+ensure_dotenv "$PORT"
 load_dotenv
 # An explicitly set DATABASE_URL (say, a Neon branch) wins over the local cluster.
 export DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh url dev "$DB_PORT")}"
@@ -19,10 +19,10 @@ export DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh url dev "$DB_PORT")}"
 step "migrations"
 cargo run --quiet -p cli --bin authctl -- migrate
 step "building the functions"
-cargo build --quiet --bin register --bin login --bin protected
+cargo build --quiet --bin register --bin login --bin protected --bin refresh --bin logout --bin keys
 
 trap 'kill -- "-${GATEWAY_PID:-0}" 2>/dev/null || true' EXIT
-step "serving on http://localhost:$PORT (POST /auth/register, POST /auth/login, GET /auth/me)"
+step "serving on http://localhost:$PORT: /auth/register, /auth/login, /auth/me, /auth/refresh, /auth/logout, /.well-known/*"
 start_gateway "$PORT"
 # shellcheck disable=SC2046
 "$VENV/bin/cargo-lambda" $(watch_args "$PORT")

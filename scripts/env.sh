@@ -23,14 +23,28 @@ ensure_venv() {
   cp "$ROOT/scripts/requirements.txt" "$stamp"
 }
 
-# A first `make dev` writes a random development JWT_SECRET into .env (gitignored).
+# A first `make dev` with no signing key configured (neither JWT_PRIVATE_KEY nor JWT_SECRET, in
+# the environment or in .env) writes a development RSA key pair into .env (gitignored, mode
+# 600): RS256 with a kid, as in the cloud, so JWKS and discovery have something to publish.
 ensure_dotenv() {
-  local file="$ROOT/.env"
-  if [[ ! -f "$file" ]] || ! grep -q '^JWT_SECRET=' "$file"; then
-    (umask 077 && printf '# Local development settings (gitignored). Variables set in the environment win.\nJWT_SECRET=%s\n' \
-      "$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')" >>"$file")
-    echo "wrote a random development JWT_SECRET to .env"
+  local file="$ROOT/.env" port="${1:-9000}" pem
+  [[ -n "${JWT_PRIVATE_KEY:-}" || -n "${JWT_SECRET:-}" ]] && return 0
+  [[ -f "$file" ]] && grep -qE '^(export +)?(JWT_PRIVATE_KEY|JWT_SECRET)=' "$file" && return 0
+  if ! command -v openssl >/dev/null; then
+    [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null && { apt-get update -qq && apt-get install -y -qq openssl; }
+    command -v openssl >/dev/null || { echo "openssl is needed to make a development key pair" >&2; exit 1; }
   fi
+  pem="$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null | awk '{printf "%s\\n", $0}')"
+  (
+    umask 077
+    {
+      echo "# Local development settings (gitignored). Variables set in the environment win."
+      echo "JWT_PRIVATE_KEY=\"$pem\""
+      echo "JWT_KEY_ID=dev-$(date -u +%Y%m%d)"
+      [[ -n "${JWT_ISSUER:-}" ]] || echo "JWT_ISSUER=http://localhost:$port"
+    } >>"$file"
+  )
+  echo "wrote a development RSA signing key (RS256, kid dev-$(date -u +%Y%m%d)) to .env"
 }
 
 # Exports each KEY=VALUE of .env that the environment does not already set.

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""A thin local stand-in for API Gateway in front of `cargo lambda watch`.
+"""A thin local stand-in for API Gateway (HTTP API) in front of `cargo lambda watch`.
 
-Requests are passed to cargo lambda watch (which routes them with the router in Cargo.toml)
-unchanged, with one exception: cargo lambda watch answers a JSON or text body that is not valid
-UTF-8 with its own 500 before any function runs, whereas API Gateway hands such a body to the
-function base64-encoded. For those requests this script builds the HTTP API (payload 2.0) event
-itself and invokes the routed function through the Lambda invoke API, so the function decides,
-exactly as it does behind API Gateway.
+It routes each request with the router table in Cargo.toml, builds the HTTP API payload 2.0
+event as API Gateway does, and invokes the function through cargo lambda watch's Lambda invoke
+API. Two things make it worth having over cargo lambda watch's own HTTP front:
+- `requestContext.http.sourceIp` is the real client address (cargo lambda watch always says
+  127.0.0.1), so the per-address limits behave locally as in AWS — a client can use several
+  loopback addresses (127.0.0.0/8) to act as several users;
+- a JSON body that is not valid UTF-8 reaches the function base64-encoded, as API Gateway
+  passes it, instead of cargo lambda watch's own 500.
+Unrouted requests get API Gateway's `404 {"message":"Not Found"}`.
 
     gateway.py LISTEN_PORT WATCH_PORT
 """
@@ -41,11 +44,6 @@ def load_routes():
 ROUTES = load_routes()
 
 
-def is_text(content_type):
-    # The same test cargo lambda watch applies before decoding a body as UTF-8.
-    return content_type is None or content_type.startswith("text/") or content_type.startswith("application/json")
-
-
 class Gateway(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "local-gateway"
@@ -71,17 +69,11 @@ class Gateway(http.server.BaseHTTPRequestHandler):
         body = self.read_body()
         url = urllib.parse.urlsplit(self.path)
         function = ROUTES.get((url.path, self.command)) or ROUTES.get((url.path, "*"))
-        needs_event = False
-        if body and function and is_text(self.headers.get("Content-Type")):
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                needs_event = True
         try:
-            if needs_event:
+            if function:
                 status, headers, payload = self.invoke(function, url, body)
             else:
-                status, headers, payload = self.forward(body)
+                status, headers, payload = 404, [("Content-Type", "application/json")], b'{"message":"Not Found"}'
         except (OSError, http.client.HTTPException, ValueError) as error:
             status, headers = 502, [("Content-Type", "text/plain")]
             payload = f"local gateway: cargo lambda watch did not answer ({error})".encode()
@@ -107,12 +99,6 @@ class Gateway(http.server.BaseHTTPRequestHandler):
                     raise
                 time.sleep(0.2)
 
-    def forward(self, body):
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers["Content-Length"] = str(len(body))
-        response = self.upstream(self.command, self.path, body, headers)
-        return response.status, response.getheaders(), response.read()
-
     def invoke(self, function, url, body):
         now = time.time()
         event = {
@@ -121,6 +107,7 @@ class Gateway(http.server.BaseHTTPRequestHandler):
             "rawPath": url.path,
             "rawQueryString": url.query,
             "headers": {k.lower(): v for k, v in self.headers.items()},
+            "queryStringParameters": {k: ",".join(v) for k, v in urllib.parse.parse_qs(url.query).items()} or None,
             "requestContext": {
                 "http": {"method": self.command, "path": url.path, "protocol": "HTTP/1.1",
                          "sourceIp": self.client_address[0],
@@ -130,15 +117,26 @@ class Gateway(http.server.BaseHTTPRequestHandler):
                 "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
                 "timeEpoch": int(now * 1000),
             },
-            "body": base64.b64encode(body).decode(),
-            "isBase64Encoded": True,
         }
+        if body:
+            try:
+                event["body"], event["isBase64Encoded"] = body.decode("utf-8"), False
+            except UnicodeDecodeError:
+                event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
+        else:
+            event["isBase64Encoded"] = False
         response = self.upstream("POST", f"/2015-03-31/functions/{function}/invocations",
                                  json.dumps(event), {"Content-Type": "application/json"})
         answer = json.loads(response.read())
         payload = answer.get("body") or ""
         payload = base64.b64decode(payload) if answer.get("isBase64Encoded") else payload.encode()
-        return int(answer["statusCode"]), list((answer.get("headers") or {}).items()), payload
+        if "statusCode" not in answer:  # the function failed (init error, panic): API Gateway says 500
+            return 500, [("Content-Type", "application/json")], b'{"message":"Internal Server Error"}'
+        headers = list((answer.get("headers") or {}).items())
+        for name, values in (answer.get("multiValueHeaders") or {}).items():
+            headers.extend((name, v) for v in values)
+        headers.extend(("Set-Cookie", c) for c in answer.get("cookies") or [])
+        return int(answer["statusCode"]), headers, payload
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
 

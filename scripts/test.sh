@@ -63,18 +63,25 @@ e2e() {
   fi
 }
 
-step "end-to-end over HTTP: the real binaries through cargo lambda watch"
+step "end-to-end over HTTP: the real binaries through cargo lambda watch, RS256 keys"
 scripts/pg.sh psql test "$DB_PORT" -qc 'CREATE DATABASE e2e'
-export JWT_SECRET
-JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
-unset JWT_ISSUER JWT_AUDIENCE ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH DATABASE_URL
+unset JWT_SECRET JWT_PRIVATE_KEY JWT_KEY_ID JWT_PUBLIC_KEYS JWT_ISSUER JWT_AUDIENCE DATABASE_URL \
+  ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH IP_RATE_LIMIT_PER_MINUTE REFRESH_REUSE_GRACE_SECONDS \
+  SESSION_IDLE_SECONDS SESSION_MAX_SECONDS LOGIN_BACKOFF_AFTER LOGIN_BACKOFF_MAX_SECONDS
 E2E_URL="$(scripts/pg.sh url test "$DB_PORT" e2e)"
 DATABASE_URL="$E2E_URL" cargo run --quiet -p cli --bin authctl -- migrate
 DATABASE_URL="$E2E_URL" cargo run --quiet -p cli --bin authctl -- verify
-cargo build --quiet --bin register --bin login --bin protected
+cargo build --quiet --bin register --bin login --bin protected --bin refresh --bin logout --bin keys
+# The suite runs against the default settings (limits on): each test uses its own loopback
+# source address, which the local gateway passes on as requestContext.http.sourceIp.
+export JWT_PRIVATE_KEY JWT_KEY_ID=e2e-key
+JWT_PRIVATE_KEY="$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null)"
 e2e "$E2E_PORT" "$E2E_URL"
 
-step "end-to-end over HTTP again, the functions reaching Postgres through PgBouncer"
+step "end-to-end over HTTP again: HS256, the functions reaching Postgres through PgBouncer"
+unset JWT_PRIVATE_KEY JWT_KEY_ID
+export JWT_SECRET
+JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
 e2e $((E2E_PORT + 10)) "$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" e2e)"
 
 step "cfn-lint template.yaml"

@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 DEV_DB_PORT ?= 54329
 
-.PHONY: help dev test check build lambda-build bench deploy venv migrate verify status db-start db-stop db-url db-psql db-destroy clean
+.PHONY: help dev test check build lambda-build bench deploy venv migrate verify status events prune db-start db-stop db-url db-psql db-destroy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ verify: ## Check the schema of DATABASE_URL against what the code expects
 
 status: ## List migrations and whether each is applied
 	@scripts/authctl.sh status
+
+events: ## Recent audit events of an account: make events EMAIL=ann@example.com
+	@scripts/authctl.sh events --user "$(EMAIL)"
+
+prune: ## Delete audit events and finished sessions older than AUDIT_RETENTION_DAYS
+	@scripts/authctl.sh prune
 
 db-start: ## Start the local dev Postgres (created on first use)
 	@scripts/pg.sh start dev $(DEV_DB_PORT)

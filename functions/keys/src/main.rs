@@ -3,5 +3,5 @@
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    shared::http::run(shared::http::handlers::keys).await
+    shared::http::run_without_database(shared::http::handlers::keys).await
 }

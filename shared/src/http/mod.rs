@@ -234,10 +234,30 @@ where
     F: Fn(&'static AppState, Request) -> Fut,
     Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
 {
+    serve(handler, true).await
+}
+
+/// [`run`] for a function that never queries the database (`keys`): no connection at init, so
+/// it holds none of the database's connection slots.
+pub async fn run_without_database<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+where
+    F: Fn(&'static AppState, Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
+{
+    serve(handler, false).await
+}
+
+async fn serve<F, Fut>(handler: F, connect_at_init: bool) -> Result<(), lambda_http::Error>
+where
+    F: Fn(&'static AppState, Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
+{
     lambda_http::tracing::init_default_subscriber();
     let state = AppState::from_env().inspect_err(|error| tracing::error!(%error, "init failed"))?;
     let state: &'static AppState = Box::leak(Box::new(state));
-    state.db.warm_up().await;
+    if connect_at_init {
+        state.db.warm_up().await;
+    }
     lambda_http::run(lambda_http::service_fn(move |req| handler(state, req))).await
 }
 

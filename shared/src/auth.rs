@@ -82,7 +82,7 @@ pub async fn check_source_address(
     {
         None => Ok(()),
         Some(retry_after_secs) => {
-            tracing::info!(event = "rate_limited", route, retry_after_secs);
+            tracing::info!(event = "rate_limit.exceeded", route, retry_after_secs);
             // Best effort: the answer does not wait for the audit row.
             let _ = store::audit(
                 &state.db,

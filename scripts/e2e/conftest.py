@@ -2,24 +2,40 @@
 
 Environment:
   API_URL            base URL of the API (default http://127.0.0.1:9000)
-  JWT_SECRET         HS256 secret the functions use (needed to forge tokens)
+  JWT_SECRET         HS256 secret the functions use (HS256 mode), or
+  JWT_PRIVATE_KEY    the PEM private key the functions sign with (RS256 mode; wins when both
+                     are set, as on the server), with JWT_KEY_ID (default: RFC 7638 thumbprint)
   JWT_ISSUER         `iss` claim (default auth-lambda)
   JWT_AUDIENCE       `aud` claim (default auth-lambda)
-  DATABASE_URL       Postgres URL, used through `psql` to disable / delete users
-  ACCESS_TOKEN_TTL_SECONDS, PASSWORD_MIN_LENGTH
-                     must match the server's settings (defaults 900 and 12)
+  DATABASE_URL       Postgres URL, used through `psql` to disable / delete users and to read
+                     the audit table
+  ACCESS_TOKEN_TTL_SECONDS, PASSWORD_MIN_LENGTH, REFRESH_REUSE_GRACE_SECONDS,
+  IP_RATE_LIMIT_PER_MINUTE, LOGIN_BACKOFF_AFTER
+                     must match the server's settings (defaults 900, 12, 10, 60, 5)
   E2E_TIMEOUT        per-request timeout in seconds (default 30)
   E2E_WAIT_SECONDS   how long to wait for the API to come up (default 180)
   E2E_USERS_TABLE    table holding the accounts (default users)
+  E2E_BIND_SOURCE    1/0: give every client its own loopback source address (default: on when
+                     API_URL's host is a loopback address)
+
+Per-address limits: the server allows IP_RATE_LIMIT_PER_MINUTE requests per source address
+(`requestContext.http.sourceIp`, which the local gateway sets to the TCP peer address). The suite
+makes far more requests than that, so every test's client binds its own random loopback address
+(127.A.B.C, never 127.0.0.1; any address in 127.0.0.0/8 works on Linux) and appears as its own
+user.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import os
+import random
+import socket
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 
 import pytest
@@ -27,6 +43,36 @@ import pytest
 API_URL = os.environ.get("API_URL", "http://127.0.0.1:9000").rstrip("/")
 TIMEOUT = float(os.environ.get("E2E_TIMEOUT", "30"))
 WAIT_SECONDS = float(os.environ.get("E2E_WAIT_SECONDS", "180"))
+
+
+def _is_loopback_host(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def _bind_source() -> bool:
+    setting = os.environ.get("E2E_BIND_SOURCE", "").strip().lower()
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    if setting in ("0", "false", "no", "off"):
+        return False
+    return _is_loopback_host(urllib.parse.urlsplit(API_URL).hostname or "127.0.0.1")
+
+
+BIND_SOURCE = _bind_source()
+_used_addresses: set[str] = set()
+
+
+def fresh_source_address() -> str:
+    """A loopback address no other client of this run has used: 127.A.B.C with A ≥ 1."""
+    rng = random.SystemRandom()
+    while True:
+        address = f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        if address not in _used_addresses:
+            _used_addresses.add(address)
+            return address
 
 
 @dataclass
@@ -50,9 +96,14 @@ class Response:
 
 
 class Client:
-    """Tiny HTTP client on top of http.client; one connection per request."""
+    """Tiny HTTP client on top of http.client; one connection per request.
 
-    def __init__(self, base_url: str = API_URL, timeout: float = TIMEOUT):
+    Each client has its own source address (when BIND_SOURCE) and its own User-Agent, so the
+    server's per-address limits and audit rows can tell clients apart.
+    """
+
+    def __init__(self, base_url: str = API_URL, timeout: float = TIMEOUT, *,
+                 source_address: str | None = None, user_agent: str | None = None):
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https"):
             raise ValueError(f"API_URL must be http(s)://…, got {base_url!r}")
@@ -61,10 +112,18 @@ class Client:
         self.port = parsed.port
         self.prefix = parsed.path.rstrip("/")
         self.timeout = timeout
+        if source_address is None and BIND_SOURCE:
+            source_address = fresh_source_address()
+        self.source_address = source_address
+        self.user_agent = user_agent or f"auth-e2e/1.0 ({uuid.uuid4().hex})"
+
+    def __repr__(self) -> str:
+        return f"<Client from {self.source_address or 'default address'}>"
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
-        return cls(self.host, self.port, timeout=timeout)
+        source = (self.source_address, 0) if self.source_address else None
+        return cls(self.host, self.port, timeout=timeout, source_address=source)
 
     def request(
         self,
@@ -75,10 +134,12 @@ class Client:
         timeout: float | None = None,
     ) -> Response:
         conn = self._connection(timeout or self.timeout)
+        hdrs = {"User-Agent": self.user_agent}
+        hdrs.update(headers or {})
         try:
             # http.client adds Host, Accept-Encoding: identity and Content-Length (when a
             # body is given) but never a Content-Type, so "no content type" is really none.
-            conn.request(method, self.prefix + path, body=body, headers=dict(headers or {}))
+            conn.request(method, self.prefix + path, body=body, headers=hdrs)
             resp = conn.getresponse()
             data = resp.read()
             raw = resp.getheaders()
@@ -114,20 +175,41 @@ class Client:
     def login(self, email, password, **kw) -> Response:
         return self.post_json("/auth/login", {"email": email, "password": password}, **kw)
 
-    def me(self, token: str | None = None, *, authorization: str | None = None, **kw) -> Response:
-        headers = {}
+    def refresh(self, refresh_token, **kw) -> Response:
+        return self.post_json("/auth/refresh", {"refresh_token": refresh_token}, **kw)
+
+    @staticmethod
+    def _auth_headers(token: str | None, authorization: str | None,
+                      headers: dict[str, str] | None) -> dict[str, str]:
+        hdrs = dict(headers or {})
         if authorization is not None:
-            headers["Authorization"] = authorization
+            hdrs["Authorization"] = authorization
         elif token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        return self.request("GET", "/auth/me", headers=headers, **kw)
+            hdrs["Authorization"] = f"Bearer {token}"
+        return hdrs
+
+    def me(self, token: str | None = None, *, authorization: str | None = None,
+           headers: dict[str, str] | None = None, **kw) -> Response:
+        return self.request("GET", "/auth/me",
+                            headers=self._auth_headers(token, authorization, headers), **kw)
+
+    def logout(self, token: str | None = None, *, authorization: str | None = None,
+               query: str | None = None, body: bytes | None = None,
+               headers: dict[str, str] | None = None, **kw) -> Response:
+        """POST /auth/logout: by default no body and no Content-Type."""
+        path = "/auth/logout" + (f"?{query}" if query is not None else "")
+        return self.request("POST", path, body=body,
+                            headers=self._auth_headers(token, authorization, headers), **kw)
 
 
-# Each probe warms one function: under `cargo lambda watch` the first call compiles it.
+# Each probe warms one function: under `cargo lambda watch` the first call may start it.
 _PROBES = [
     ("GET", "/auth/me", None, {}),
     ("POST", "/auth/register", b"{}", {"Content-Type": "application/json"}),
     ("POST", "/auth/login", b"{}", {"Content-Type": "application/json"}),
+    ("POST", "/auth/refresh", b"{}", {"Content-Type": "application/json"}),
+    ("POST", "/auth/logout", None, {}),
+    ("GET", "/.well-known/jwks.json", None, {}),
 ]
 
 
@@ -161,6 +243,19 @@ def api_ready() -> None:
         time.sleep(1.0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def api(api_ready) -> Client:
+    """A client of its own for each test: its own source address, so its own rate window."""
     return Client()
+
+
+@pytest.fixture(scope="session")
+def new_client(api_ready):
+    """Factory of further clients, each with its own source address (for session fixtures
+    and for tests that act as several users)."""
+    return Client
+
+
+def pytest_terminal_summary(terminalreporter):
+    import support  # noqa: PLC0415 - only for the summary line
+    terminalreporter.write_line(f"e2e: the tests slept {support.SLEPT[0]:.1f} s in all")

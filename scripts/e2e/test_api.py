@@ -1,302 +1,85 @@
-"""End-to-end black-box tests of the HTTP contract in API.md ("Routes": register, login, me).
+"""End-to-end black-box tests of the HTTP contract in API.md ("Routes": register, login, me;
+the token rules of "Tokens" and "Sessions" as they apply to access tokens).
 
-Run against a live API (e.g. `cargo lambda watch`):
+Run against a live API (e.g. `cargo lambda watch` behind scripts/gateway.py), with the server's
+signing key — JWT_SECRET (HS256) or JWT_PRIVATE_KEY and JWT_KEY_ID (RS256):
 
     API_URL=http://127.0.0.1:9000 JWT_SECRET=… DATABASE_URL=… .venv/bin/pytest -q scripts/e2e
 
-Only the stdlib and pytest are used. Every test works on accounts with fresh random emails, so
-the suite can be re-run against the same database. Sessions, limits and audit (later sections
-of API.md) are deliberately not covered here.
+Every test works on accounts with fresh random emails and its own source address (see
+conftest.py), so the suite can be re-run against the same database with the default limits on.
+Refresh, logout, keys, limits and audit are covered in test_sessions.py.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
-import hmac
 import json
-import os
-import random
-import re
 import secrets
-import shutil
-import subprocess
 import threading
 import time
 import unicodedata
 import uuid
-from dataclasses import dataclass
 
+import jwt
 import pytest
 
-JWT_SECRET = os.environ.get("JWT_SECRET", "")
-JWT_ISSUER = os.environ.get("JWT_ISSUER", "auth-lambda")
-JWT_AUDIENCE = os.environ.get("JWT_AUDIENCE", "auth-lambda")
-ACCESS_TOKEN_TTL = int(os.environ.get("ACCESS_TOKEN_TTL_SECONDS", "900"))
-PASSWORD_MIN = int(os.environ.get("PASSWORD_MIN_LENGTH", "12"))
-PASSWORD_MAX = 128
-USERS_TABLE = os.environ.get("E2E_USERS_TABLE", "users")
-TIMEOUT = float(os.environ.get("E2E_TIMEOUT", "30"))
-MAX_BODY = 16 * 1024
+from support import (
+    ACCESS_TOKEN_TTL,
+    ACCESS_TOKEN_TYP,
+    ALG,
+    ALNUM,
+    DROP,
+    JWT_AUDIENCE,
+    JWT_ISSUER,
+    LOGIN,
+    MAX_BODY,
+    PASSWORD_MAX,
+    PASSWORD_MIN,
+    REGISTER,
+    TIMEOUT,
+    User,
+    assert_bearer_challenge,
+    assert_json_response,
+    assert_problem,
+    assert_token_body,
+    assert_user_body,
+    attacker_private_key,
+    b64json,
+    confusable_hmac_key,
+    decode_jwt,
+    default_header,
+    delete_user,
+    disable_user,
+    forge,
+    good_claims,
+    login_ok,
+    new_email,
+    padded_body,
+    public_jwk,
+    public_pem,
+    rand_chars,
+    register_ok,
+    run_sql,
+    server_kid,
+    server_private_key,
+    signed_with_header,
+    strong_password,
+    token_for,
+    uniq,
+    verify_access_token,
+)
 
-REGISTER = "/auth/register"
-LOGIN = "/auth/login"
 POST_ROUTES = [REGISTER, LOGIN]
-
-# Text that would betray internals (library error text, stack traces, config) in an error body.
-LEAK_PATTERNS = re.compile(
-    r"sql|postgres|panick|argon2|serde|tokio|deadpool|backtrace|jsonwebtoken|hyper::"
-    r"|line \d+ column \d+|\.rs:\d+|RUST_|JWT_SECRET|DATABASE_URL|unwrap\(",
-    re.IGNORECASE,
-)
-
-RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-
-
-def uniq() -> str:
-    return uuid.uuid4().hex
-
-
-def new_email(prefix: str = "e2e") -> str:
-    return f"{prefix}-{uniq()}@example.com"
-
-
-def strong_password() -> str:
-    # ~144 random bits, only printable ASCII: strong for any estimator, never in a list.
-    return "E2e " + secrets.token_urlsafe(18)
-
-
-def rand_chars(alphabet: str, n: int) -> str:
-    rng = random.SystemRandom()
-    return "".join(rng.choice(alphabet) for _ in range(n))
-
-
-ALNUM = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-
-
-def media_type(resp) -> str:
-    ct = resp.header("content-type") or ""
-    return ct.split(";", 1)[0].strip().lower()
-
-
-def assert_json_response(resp, status: int):
-    assert resp.status == status, resp
-    assert media_type(resp) == "application/json", resp
-    return resp.json()
-
-
-def assert_problem(resp, status: int, code: str, *, not_echoed: tuple[str, ...] = ()) -> dict:
-    """RFC 9457 problem document with a stable code and a detail that leaks nothing."""
-    assert resp.status == status, resp
-    assert media_type(resp) == "application/problem+json", resp
-    body = resp.json()
-    assert isinstance(body, dict), resp
-    for key in ("type", "title", "status", "code", "detail"):
-        assert key in body, f"problem document lacks {key!r}: {resp!r}"
-    assert isinstance(body["type"], str) and body["type"], resp
-    assert isinstance(body["title"], str) and body["title"].strip(), resp
-    assert type(body["status"]) is int and body["status"] == status, resp
-    assert body["code"] == code, resp
-    assert isinstance(body["detail"], str) and body["detail"].strip(), resp
-    text = resp.body.decode("utf-8")
-    leak = LEAK_PATTERNS.search(text)
-    assert leak is None, f"error body leaks internals ({leak.group(0)!r}): {resp!r}"
-    if JWT_SECRET:
-        assert JWT_SECRET not in text, "error body contains the JWT secret"
-    for secret in not_echoed:
-        assert secret not in text, f"error body echoes {secret!r}: {resp!r}"
-    if status == 401:
-        assert_bearer_challenge(resp)
-    return body
-
-
-def assert_bearer_challenge(resp, *, error: str | None | bool = False) -> str:
-    """Every 401 carries `WWW-Authenticate: Bearer …`.
-
-    error=False: don't care; error=None: no `error=` parameter; error="x": `error="x"`.
-    """
-    challenge = resp.header("www-authenticate")
-    assert challenge, f"401 without WWW-Authenticate: {resp!r}"
-    assert re.match(r"\s*bearer(\s|,|$)", challenge, re.IGNORECASE), (
-        f"WWW-Authenticate is not a Bearer challenge: {challenge!r}"
-    )
-    if error is None:
-        assert not re.search(r"\berror\s*=", challenge, re.IGNORECASE), (
-            f"challenge must name no error: {challenge!r}"
-        )
-    elif error:
-        assert re.search(rf'\berror\s*=\s*"{re.escape(error)}"', challenge), (
-            f'challenge lacks error="{error}": {challenge!r}'
-        )
-    return challenge
-
-
-def assert_user_body(body, email: str) -> None:
-    assert isinstance(body, dict), body
-    assert set(body) == {"id", "email", "is_active", "created_at"}, body
-    assert isinstance(body["id"], str), body
-    assert str(uuid.UUID(body["id"])) == body["id"], f"id is not a canonical uuid: {body!r}"
-    assert body["email"] == email, body
-    assert body["is_active"] is True, body
-    created = body["created_at"]
-    assert isinstance(created, str) and RFC3339.match(created), f"created_at not RFC 3339: {body!r}"
-    parsed = dt.datetime.fromisoformat(created.replace("z", "Z").replace("t", "T"))
-    assert parsed.tzinfo is not None
-    skew = abs((dt.datetime.now(dt.timezone.utc) - parsed).total_seconds())
-    assert skew < 600, f"created_at {created} is {skew:.0f}s away from now"
-
-
-# --- JWT (HS256 with the stdlib) -------------------------------------------------------------
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def b64json(obj) -> str:
-    return b64url(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
-
-
-_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
-
-
-def require_secret() -> str:
-    if not JWT_SECRET:
-        pytest.fail("JWT_SECRET is not set; the token tests need the server's HS256 secret",
-                    pytrace=False)
-    return JWT_SECRET
-
-
-def hmac_sign(signing_input: str, secret: str, alg: str = "HS256") -> str:
-    return b64url(hmac.new(secret.encode("utf-8"), signing_input.encode("ascii"), _HASHES[alg]).digest())
-
-
-def forge(claims: dict, *, alg: str = "HS256", secret: str | None = None,
-          header: dict | None = None, signature: str | None = None) -> str:
-    hdr = header if header is not None else {"alg": alg, "typ": "JWT"}
-    signing_input = f"{b64json(hdr)}.{b64json(claims)}"
-    if signature is None:
-        signature = hmac_sign(signing_input, secret if secret is not None else require_secret(),
-                              alg if alg in _HASHES else "HS256")
-    return f"{signing_input}.{signature}"
-
-
-def decode_jwt(token: str) -> tuple[dict, dict]:
-    parts = token.split(".")
-    assert len(parts) == 3, f"not a JWS compact token: {token!r}"
-    header = json.loads(b64url_decode(parts[0]))
-    claims = json.loads(b64url_decode(parts[1]))
-    return header, claims
-
-
-def good_claims(user_id: str, /, **overrides) -> dict:
-    """Claims the server should accept for `user_id`; an override of _DROP removes a claim."""
-    now = int(time.time())
-    claims = {"sub": user_id, "iat": now, "exp": now + 600, "iss": JWT_ISSUER, "aud": JWT_AUDIENCE,
-              "jti": str(uuid.uuid4())}
-    for key, value in overrides.items():
-        if value is _DROP:
-            claims.pop(key, None)
-        else:
-            claims[key] = value
-    return claims
-
-
-_DROP = object()
-
-
-# --- database (through psql) -----------------------------------------------------------------
-
-
-def run_sql(sql: str, **variables: str) -> str:
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        pytest.fail("DATABASE_URL is not set; this test changes an account in the database",
-                    pytrace=False)
-    if shutil.which("psql") is None:
-        pytest.fail("psql is not installed", pytrace=False)
-    args = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url]
-    for name, value in variables.items():
-        args += ["-v", f"{name}={value}"]
-    # SQL on stdin (not -c) so psql interpolates :'var' safely.
-    proc = subprocess.run(args, input=sql, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        pytest.fail(f"psql failed ({proc.returncode}): {proc.stderr.strip()}", pytrace=False)
-    return proc.stdout.strip()
-
-
-def disable_user(user_id: str) -> None:
-    out = run_sql(f"UPDATE {USERS_TABLE} SET is_active = false WHERE id = :'id' RETURNING id;",
-                  id=str(uuid.UUID(user_id)))
-    assert out == user_id, f"expected to disable exactly user {user_id}, psql said {out!r}"
-
-
-def delete_user(user_id: str) -> None:
-    out = run_sql(f"DELETE FROM {USERS_TABLE} WHERE id = :'id' RETURNING id;",
-                  id=str(uuid.UUID(user_id)))
-    assert out == user_id, f"expected to delete exactly user {user_id}, psql said {out!r}"
-
-
-# --- accounts ---------------------------------------------------------------------------------
-
-
-@dataclass
-class User:
-    email: str      # normalized (as returned)
-    password: str
-    body: dict      # the 201 register body
-
-    @property
-    def id(self) -> str:
-        return self.body["id"]
-
-
-def register_ok(api, email: str | None = None, password: str | None = None,
-                expected_email: str | None = None) -> User:
-    email = email or new_email()
-    password = password or strong_password()
-    resp = api.register(email, password)
-    body = assert_json_response(resp, 201)
-    assert_user_body(body, expected_email or email)
-    return User(body["email"], password, body)
-
-
-def login_ok(api, email: str, password: str) -> dict:
-    resp = api.login(email, password)
-    body = assert_json_response(resp, 200)
-    assert isinstance(body.get("access_token"), str) and body["access_token"], resp
-    return body
-
-
-def token_for(api, user: User) -> str:
-    return login_ok(api, user.email, user.password)["access_token"]
 
 
 @pytest.fixture(scope="session")
-def account(api) -> User:
-    """A read-only account shared by tests that don't change it (keeps argon2 work down)."""
-    return register_ok(api)
-
-
-def padded_body(payload: dict, size: int) -> bytes:
-    """`payload` plus an unknown `pad` field, serialised to exactly `size` bytes."""
-    base = json.dumps({**payload, "pad": ""}).encode()
-    assert len(base) <= size
-    data = json.dumps({**payload, "pad": "x" * (size - len(base))}).encode()
-    assert len(data) == size
-    return data
+def account(new_client) -> User:
+    """A read-only account shared by tests that don't change it (keeps argon2 work down),
+    logged in once so that forged tokens can name its live session."""
+    client = new_client()
+    user = register_ok(client)
+    token_for(client, user)
+    return user
 
 
 # --------------------------------------------------------------------------------------------
@@ -896,23 +679,25 @@ def test_login_200_body_headers_and_claims(api):
     before = int(time.time())
     resp = api.login(user.email, user.password)
     after = int(time.time())
-    body = assert_json_response(resp, 200)
-    cache_control = resp.header("cache-control") or ""
-    assert "no-store" in [d.strip().lower() for d in cache_control.split(",")], resp
-    assert isinstance(body.get("access_token"), str), body
-    assert body.get("token_type") == "Bearer", body
-    assert type(body.get("expires_in")) is int and body["expires_in"] == ACCESS_TOKEN_TTL, body
+    body = assert_token_body(resp)   # 200, no-store, token_type, expires_in, refresh_token
     assert user.password not in resp.body.decode()
 
     token = body["access_token"]
     header, claims = decode_jwt(token)
-    assert header.get("alg") == "HS256", header
-    signing_input, _, signature = token.rpartition(".")
-    assert hmac.compare_digest(signature, hmac_sign(signing_input, require_secret())), \
-        "access token is not signed with JWT_SECRET (HS256)"
-    for claim in ("sub", "iat", "exp", "iss", "aud", "jti"):
+    assert header.get("alg") == ALG, header
+    assert str(header.get("typ", "")).lower() == ACCESS_TOKEN_TYP, f"typ is not at+jwt: {header!r}"
+    if ALG == "RS256":
+        assert header.get("kid") == server_kid(), f"kid is not the configured key's: {header!r}"
+    # verified by PyJWT with the configured secret / public key
+    try:
+        verify_access_token(token)
+    except jwt.PyJWTError as exc:
+        raise AssertionError(f"access token does not verify with the configured {ALG} key: "
+                             f"{exc}") from None
+    for claim in ("sub", "sid", "iat", "exp", "iss", "aud", "jti"):
         assert claim in claims, f"token lacks {claim!r}: {claims!r}"
     assert claims["sub"] == user.id
+    assert str(uuid.UUID(claims["sid"])) == claims["sid"], f"sid is not a uuid: {claims!r}"
     assert claims["iss"] == JWT_ISSUER
     aud = claims["aud"]
     assert aud == JWT_AUDIENCE or (isinstance(aud, list) and JWT_AUDIENCE in aud), claims
@@ -921,6 +706,7 @@ def test_login_200_body_headers_and_claims(api):
     assert abs((claims["exp"] - claims["iat"]) - ACCESS_TOKEN_TTL) <= 1, claims
     assert isinstance(claims["jti"], str) and claims["jti"], claims
     assert "password" not in json.dumps(claims).lower()
+    assert body["refresh_token"] not in json.dumps(claims)
 
 
 def test_login_tokens_have_distinct_jti(api, account):
@@ -942,20 +728,26 @@ def test_login_normalizes_email(api, account, spell):
 def test_login_failures_are_identical_401s(api):
     user = register_ok(api)
     other = register_ok(api)
+    u = uniq()
+    # The per-account backoff is keyed by the (normalized or trimmed, lower-cased) email, for
+    # unknown and malformed ones too; a fixed input would collect one failure per run of the
+    # suite against the same database and end up throttled. So every email here is fresh but
+    # the empty one, whose few failures per run are cleared first.
+    run_sql("DELETE FROM login_throttle WHERE key = sha256(''::bytea);")
     attempts = {
-        # at most four failures on `user`, so later per-account backoff stays out of the way
+        # at most four failures on `user`, so the per-account backoff stays out of the way
         "wrong password": (user.email, user.password + "x"),
         "other account's password": (user.email, other.password),
         "empty password": (user.email, ""),
         "password with NUL": (user.email, user.password[:5] + "\x00"),
         "unknown email": (new_email(), user.password),
         "unknown email, other case": (new_email().upper(), strong_password()),
-        "malformed email": ("not-an-email", strong_password()),
-        "malformed email (quotes)": ('"a b"@example.com', strong_password()),
+        "malformed email": (f"not-an-email-{u}", strong_password()),
+        "malformed email (quotes)": (f'"a b {u}"@example.com', strong_password()),
         "empty email": ("", strong_password()),
-        "very long email": ("a" * 300 + "@example.com", strong_password()),
+        "very long email": (u + "a" * 300 + "@example.com", strong_password()),
         "overlong password, unknown email": (new_email(), "p" * 500),
-        "email with control char": ("a\x00b@example.com", strong_password()),
+        "email with control char": (f"a\x00b{u}@example.com", strong_password()),
     }
     responses = {}
     for name, (email, password) in attempts.items():
@@ -1046,56 +838,107 @@ def test_me_with_token_plus_junk_is_invalid_token(api, account):
 
 
 def test_me_with_forged_valid_token_is_200(api, account):
-    # proves JWT_SECRET / JWT_ISSUER / JWT_AUDIENCE match the server, so the 401s below
-    # are caused by the one thing each of them changes
-    resp = api.me(forge(good_claims(account.id)))
+    # proves the signing key (JWT_SECRET, or JWT_PRIVATE_KEY and its kid), JWT_ISSUER and
+    # JWT_AUDIENCE match the server and that a re-signed copy of a real token's claims (its
+    # live `sid` included) passes, so the 401s below are caused by the one thing each changes
+    resp = api.me(forge(good_claims(account)))
     assert assert_json_response(resp, 200) == account.body
 
 
 def test_me_with_expired_token_is_token_expired(api, account):
     now = int(time.time())
     for exp in (now - 120, now - 3600):
-        resp = api.me(forge(good_claims(account.id, iat=exp - ACCESS_TOKEN_TTL, exp=exp)))
+        resp = api.me(forge(good_claims(account, iat=exp - ACCESS_TOKEN_TTL, exp=exp)))
         assert_problem(resp, 401, "token_expired")
         assert_bearer_challenge(resp, error="invalid_token")
 
 
 def _tampered(account: User) -> str:
-    header, payload, signature = forge(good_claims(account.id)).split(".")
-    other = b64json(good_claims(str(uuid.uuid4())))
+    header, payload, signature = forge(good_claims(account)).split(".")
+    other = b64json(good_claims(account, sub=str(uuid.uuid4())))
     return f"{header}.{other}.{signature}"
 
 
-def _signed_with_header(claims: dict, header: dict, alg: str = "HS256") -> str:
-    signing_input = f"{b64json(header)}.{b64json(claims)}"
-    return f"{signing_input}.{hmac_sign(signing_input, require_secret(), alg)}"
+def _wrong_key():
+    """A key the server does not accept, of the kind it uses."""
+    if ALG == "HS256":
+        return (confusable_hmac_key().decode() + "-not").encode()
+    return attacker_private_key()
+
+
+def public_pem_for_confusion() -> bytes:
+    """The server's public key PEM under RS256; under HS256 some public key (a wrong secret)."""
+    return public_pem(server_private_key() if ALG == "RS256" else attacker_private_key())
+
+
+def _header(**changes) -> dict:
+    """The server's access-token header with `changes` (None removes a member)."""
+    header = default_header()
+    for name, value in changes.items():
+        if value is None:
+            header.pop(name, None)
+        else:
+            header[name] = value
+    return header
 
 
 INVALID_TOKENS = {
-    "wrong secret": lambda a: forge(good_claims(a.id), secret=require_secret() + "-not"),
+    "wrong secret or key": lambda a: forge(good_claims(a), key=_wrong_key()),
     "tampered payload": _tampered,
-    "no signature": lambda a: forge(good_claims(a.id)).rsplit(".", 1)[0] + ".",
-    "alg none": lambda a: forge(good_claims(a.id), header={"alg": "none", "typ": "JWT"}, signature=""),
-    "alg None": lambda a: forge(good_claims(a.id), header={"alg": "None"}, signature=""),
-    "alg none with HS256 sig": lambda a: _signed_with_header(good_claims(a.id), {"alg": "none"}),
-    "alg HS384": lambda a: forge(good_claims(a.id), alg="HS384"),
-    "alg HS512": lambda a: forge(good_claims(a.id), alg="HS512"),
-    "alg RS256 with HMAC sig": lambda a: _signed_with_header(good_claims(a.id), {"alg": "RS256"}),
-    "no alg": lambda a: _signed_with_header(good_claims(a.id), {"typ": "JWT"}),
-    "wrong iss": lambda a: forge(good_claims(a.id, iss=JWT_ISSUER + "-evil")),
-    "wrong aud": lambda a: forge(good_claims(a.id, aud=JWT_AUDIENCE + "-evil")),
-    "missing iss": lambda a: forge(good_claims(a.id, iss=_DROP)),
-    "missing aud": lambda a: forge(good_claims(a.id, aud=_DROP)),
-    "missing sub": lambda a: forge(good_claims(a.id, sub=_DROP)),
-    "missing exp": lambda a: forge(good_claims(a.id, exp=_DROP)),
-    "sub unknown uuid": lambda a: forge(good_claims(str(uuid.uuid4()))),
-    "sub not a uuid": lambda a: forge(good_claims("admin")),
-    "sub empty": lambda a: forge(good_claims("")),
-    "sub is the email": lambda a: forge(good_claims(a.email)),
-    "expired and wrong secret": lambda a: forge(
-        good_claims(a.id, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600),
-        secret=require_secret() + "-not"),
+    "no signature": lambda a: forge(good_claims(a)).rsplit(".", 1)[0] + ".",
+    "alg none": lambda a: forge(good_claims(a), header=_header(alg="none"), signature=""),
+    "alg None": lambda a: forge(good_claims(a), header={"alg": "None"}, signature=""),
+    "alg none with a valid signature": lambda a: signed_with_header(good_claims(a),
+                                                                    _header(alg="none")),
+    "alg HS384": lambda a: forge(good_claims(a), alg="HS384", key=confusable_hmac_key()),
+    "alg HS512": lambda a: forge(good_claims(a), alg="HS512", key=confusable_hmac_key()),
+    "alg RS256 with HMAC sig": lambda a: signed_with_header(
+        good_claims(a), _header(alg="RS256"), alg="HS256", key=confusable_hmac_key()),
+    # RS256: the classic key confusion (HMAC keyed with the public key); HS256: a wrong secret
+    "alg HS256 keyed with a public key": lambda a: signed_with_header(
+        good_claims(a), _header(alg="HS256"), alg="HS256",
+        key=public_pem_for_confusion()),
+    "no alg": lambda a: signed_with_header(good_claims(a), _header(alg=None)),
+    # RFC 9068: access tokens carry typ at+jwt and are refused without it
+    "no typ": lambda a: signed_with_header(good_claims(a), _header(typ=None)),
+    "typ JWT": lambda a: signed_with_header(good_claims(a), _header(typ="JWT")),
+    "typ id_token": lambda a: signed_with_header(good_claims(a), _header(typ="id_token+jwt")),
+    "wrong iss": lambda a: forge(good_claims(a, iss=JWT_ISSUER + "-evil")),
+    "wrong aud": lambda a: forge(good_claims(a, aud=JWT_AUDIENCE + "-evil")),
+    "missing iss": lambda a: forge(good_claims(a, iss=DROP)),
+    "missing aud": lambda a: forge(good_claims(a, aud=DROP)),
+    "missing sub": lambda a: forge(good_claims(a, sub=DROP)),
+    "missing exp": lambda a: forge(good_claims(a, exp=DROP)),
+    "sub unknown uuid": lambda a: forge(good_claims(a, sub=str(uuid.uuid4()))),
+    "sub not a uuid": lambda a: forge(good_claims(a, sub="admin")),
+    "sub empty": lambda a: forge(good_claims(a, sub="")),
+    "sub is the email": lambda a: forge(good_claims(a, sub=a.email)),
+    # Sessions: access tokens without a live `sid` are refused
+    "missing sid": lambda a: forge(good_claims(a, sid=DROP)),
+    "sid unknown uuid": lambda a: forge(good_claims(a, sid=str(uuid.uuid4()))),
+    "sid not a uuid": lambda a: forge(good_claims(a, sid="session")),
+    "sid empty": lambda a: forge(good_claims(a, sid="")),
+    "sid null": lambda a: forge(good_claims(a, sid=None)),
+    "expired and wrong secret or key": lambda a: forge(
+        good_claims(a, iat=int(time.time()) - 7200, exp=int(time.time()) - 3600),
+        key=_wrong_key()),
 }
+
+if ALG == "RS256":
+    INVALID_TOKENS.update({
+        # the key is named by kid: a token must name one the server has
+        "unknown kid": lambda a: forge(good_claims(a), header=_header(kid="not-" + server_kid())),
+        "no kid": lambda a: forge(good_claims(a), header=_header(kid=None)),
+        "kid of the key, signed by another key": lambda a: forge(good_claims(a),
+                                                                 key=attacker_private_key()),
+        # keys named in the token itself are never trusted
+        "embedded jwk of the signing key": lambda a: forge(
+            good_claims(a), key=attacker_private_key(),
+            header=_header(jwk=public_jwk(attacker_private_key(), server_kid()))),
+        "jku to another key set": lambda a: forge(
+            good_claims(a), key=attacker_private_key(),
+            header=_header(kid="attacker", jku="https://attacker.example/jwks.json")),
+    })
 
 
 @pytest.mark.parametrize("make_token", list(INVALID_TOKENS.values()), ids=list(INVALID_TOKENS))
@@ -1125,7 +968,7 @@ def test_disabled_account(api):
     assert wrong.body == unknown.body
 
     # tokens issued before stop working at once
-    for t in (token, forge(good_claims(user.id))):
+    for t in (token, forge(good_claims(user))):
         resp = api.me(t)
         assert_problem(resp, 401, "invalid_token")
         assert_bearer_challenge(resp, error="invalid_token")
@@ -1137,7 +980,7 @@ def test_deleted_account(api):
     assert_json_response(api.me(token), 200)
     delete_user(user.id)
 
-    for t in (token, forge(good_claims(user.id))):
+    for t in (token, forge(good_claims(user))):
         resp = api.me(t)
         assert_problem(resp, 401, "invalid_token")
         assert_bearer_challenge(resp, error="invalid_token")

@@ -34,14 +34,13 @@ CREATE TABLE login_throttle (
     updated_at     timestamptz NOT NULL
 );
 
--- Per source address: a sliding window approximated from this minute's and the previous
--- minute's counts (the previous one weighted by how much of it still overlaps the window).
-CREATE TABLE ip_rate_limits (
-    source_ip     text        PRIMARY KEY,
-    window_start  timestamptz NOT NULL,
-    current       integer     NOT NULL,
-    previous      integer     NOT NULL
+-- Per source address: an exact sliding window, one row per counted request (at most the limit
+-- per address, and rows older than a minute are deleted as the address is checked).
+CREATE TABLE ip_requests (
+    source_ip  text        NOT NULL,
+    at         timestamptz NOT NULL
 );
+CREATE INDEX ip_requests_source_ip_at_idx ON ip_requests (source_ip, at);
 
 CREATE TABLE auth_events (
     id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -114,38 +113,26 @@ BEGIN
 END;
 $$;
 
--- One round trip per rate-limited request: counts it only if it is allowed.
+-- One round trip per rate-limited request: counts it only if it is allowed. An address's
+-- checks take turns (a transaction-scoped advisory lock, which a transaction-mode pooler keeps),
+-- so two concurrent requests cannot both take the last slot of the window.
 CREATE FUNCTION auth_ip_allow(p_ip text, p_limit integer, p_now timestamptz)
 RETURNS TABLE (allowed boolean, retry_after_secs integer)
 LANGUAGE plpgsql AS $$
 DECLARE
-    minute timestamptz := date_trunc('minute', p_now);
-    r ip_rate_limits%ROWTYPE;
-    cur integer;
-    prev integer;
-    weight double precision := 1 - extract(epoch FROM (p_now - minute)) / 60;
+    n integer;
+    oldest timestamptz;
 BEGIN
-    INSERT INTO ip_rate_limits AS l (source_ip, window_start, current, previous)
-    VALUES (p_ip, minute, 0, 0)
-    ON CONFLICT (source_ip) DO NOTHING;
-    SELECT * INTO r FROM ip_rate_limits l WHERE l.source_ip = p_ip FOR UPDATE;
-    IF r.window_start = minute THEN
-        cur := r.current; prev := r.previous;
-    ELSIF r.window_start = minute - interval '1 minute' THEN
-        cur := 0; prev := r.current;
-    ELSE
-        cur := 0; prev := 0;
-    END IF;
-    IF cur + prev * weight >= p_limit THEN
-        UPDATE ip_rate_limits SET window_start = minute, current = cur, previous = prev WHERE source_ip = p_ip;
-        -- Wait until enough of the previous minute has slid out, or the next minute starts.
-        RETURN QUERY SELECT false, GREATEST(1, CEIL(CASE
-            WHEN prev > 0 AND cur < p_limit THEN 60 * (1 - (p_limit - cur)::double precision / prev)
-                                                 - extract(epoch FROM (p_now - minute))
-            ELSE 60 - extract(epoch FROM (p_now - minute)) END))::integer;
+    PERFORM pg_advisory_xact_lock(hashtextextended('auth_ip_allow:' || p_ip, 0));
+    DELETE FROM ip_requests WHERE source_ip = p_ip AND at <= p_now - interval '1 minute';
+    SELECT count(*), min(at) INTO n, oldest FROM ip_requests WHERE source_ip = p_ip;
+    IF n >= p_limit THEN
+        -- A slot frees when the oldest counted request slides out of the window.
+        RETURN QUERY SELECT false,
+            GREATEST(1, CEIL(extract(epoch FROM (oldest + interval '1 minute' - p_now))))::integer;
         RETURN;
     END IF;
-    UPDATE ip_rate_limits SET window_start = minute, current = cur + 1, previous = prev WHERE source_ip = p_ip;
+    INSERT INTO ip_requests (source_ip, at) VALUES (p_ip, p_now);
     RETURN QUERY SELECT true, 0;
 END;
 $$;

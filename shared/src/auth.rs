@@ -9,7 +9,7 @@ use crate::{
     email::{Email, mask},
     error::AuthError,
     password::{self, NewPassword},
-    store::{self, Client, InsertError, SessionUser, User},
+    store::{self, Attempt, Client, InsertError, SessionUser, User},
     token::{AccessToken, IssuedToken, TokenRejection},
 };
 use aws_lc_rs::{digest, hmac};
@@ -170,15 +170,23 @@ pub async fn login(
     let password = password::normalize(&credentials.password);
     let email = Email::parse(&credentials.email).ok();
     let key = throttle_key(email.as_ref(), &credentials.email);
-    let (found, blocked_until) = store::login_lookup(&state.db, email.as_ref(), &key)
-        .await
-        .map_err(db_failure)?;
+    let config = &state.config;
+    let (found, attempt) = store::login_attempt(
+        &state.db,
+        email.as_ref(),
+        &key,
+        config.login_backoff_after,
+        config.login_backoff_max.as_secs_f64(),
+        now,
+    )
+    .await
+    .map_err(db_failure)?;
     let masked = mask(credentials.email.trim());
+    let user_id = found.as_ref().map(|f| f.user.id);
 
-    if let Some(until) = blocked_until.filter(|until| *until > now) {
-        let retry_after_secs = seconds_until(until, now);
+    if let Attempt::Blocked(until) = attempt {
+        let retry_after_secs = until.map_or(1, |until| seconds_until(until, now));
         tracing::info!(event = "login.failed", reason = "too_many_attempts", email = %masked, retry_after_secs);
-        let user_id = found.as_ref().map(|f| f.user.id);
         let _ = store::audit(
             &state.db,
             "login.failed",
@@ -200,17 +208,14 @@ pub async fn login(
         (Some(_), Some(_)) if !matched => Some("bad_password"),
         _ => None,
     };
-    let user_id = found.as_ref().map(|f| f.user.id);
     if let Some(reason) = failure {
         tracing::info!(event = "login.failed", reason, user_id = user_id.map(tracing::field::display), email = %masked);
-        let max = state.config.login_backoff_max.as_secs_f64();
-        store::record_login_failure(
+        store::audit(
             &state.db,
-            &key,
-            state.config.login_backoff_after,
-            max,
+            "login.failed",
             user_id,
-            reason,
+            None,
+            Some(reason),
             now,
             client,
         )

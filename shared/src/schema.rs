@@ -180,7 +180,7 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         "sessions",
         "refresh_tokens",
         "login_throttle",
-        "ip_rate_limits",
+        "ip_requests",
         "auth_events",
     ] {
         let found = client

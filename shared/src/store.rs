@@ -107,28 +107,62 @@ pub async fn insert_user(
     }
 }
 
-/// What login needs in one round trip: the account with this normalized email (if any and
-/// if the email is valid) and the backoff of the throttle key.
-pub async fn login_lookup(
+/// Whether a login attempt was counted against its throttle key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Counted as a failure until it succeeds (a success deletes the key's row).
+    Counted,
+    /// The key is in a backoff until then (if known): the attempt was neither checked nor counted.
+    Blocked(Option<DateTime<Utc>>),
+}
+
+/// What login needs, in one round trip and atomically: the account with this normalized email
+/// (if the email is valid and the account exists), and the attempt counted against the
+/// throttle key unless the key is in a backoff. Counting before the password is checked is what
+/// makes the backoff hold against parallel guesses: the attempt that reaches the limit starts the
+/// wait for every attempt after it, whichever instance serves them. From the `after`-th
+/// consecutive failure on, the wait doubles from 1 s up to `max_secs`.
+pub async fn login_attempt(
     db: &Db,
     email: Option<&Email>,
     throttle_key: &[u8],
-) -> Result<(Option<UserWithHash>, Option<DateTime<Utc>>), DbError> {
+    after: u32,
+    max_secs: f64,
+    now: DateTime<Utc>,
+) -> Result<(Option<UserWithHash>, Attempt), DbError> {
     let email = email.map(Email::as_str);
+    let after = i32::try_from(after).unwrap_or(i32::MAX);
     let row = db
         .query_opt(
-            "SELECT u.id, u.email, u.is_active, u.created_at, u.hashed_password, t.blocked_until \
-             FROM (SELECT $1::text AS email, $2::bytea AS key) q \
-             LEFT JOIN users u ON u.email = q.email \
-             LEFT JOIN login_throttle t ON t.key = q.key",
-            &[(&email, Type::TEXT), (&throttle_key, Type::BYTEA)],
+            "WITH t AS (INSERT INTO login_throttle AS l (key, failures, blocked_until, updated_at) \
+                        VALUES ($2, 1, CASE WHEN 1 >= $3 THEN $5 + make_interval(secs => LEAST(1, $4)) END, $5) \
+                        ON CONFLICT (key) DO UPDATE SET \
+                          failures = l.failures + 1, \
+                          blocked_until = CASE WHEN l.failures + 1 >= $3 \
+                            THEN $5 + make_interval(secs => LEAST(power(2, l.failures + 1 - $3), $4)) END, \
+                          updated_at = $5 \
+                        WHERE l.blocked_until IS NULL OR l.blocked_until <= $5 \
+                        RETURNING 1) \
+             SELECT u.id, u.email, u.is_active, u.created_at, u.hashed_password, \
+                    EXISTS (SELECT 1 FROM t) AS counted, \
+                    (SELECT blocked_until FROM login_throttle WHERE key = $2) AS blocked_until \
+             FROM (SELECT $1::text AS email) q LEFT JOIN users u ON u.email = q.email",
+            &[
+                (&email, Type::TEXT),
+                (&throttle_key, Type::BYTEA),
+                (&after, Type::INT4),
+                (&max_secs, Type::FLOAT8),
+                (&now, Type::TIMESTAMPTZ),
+            ],
         )
-        .await?;
-    let Some(row) = row else {
-        return Ok((None, None));
+        .await?
+        .ok_or(DbError::Unavailable)?;
+    let counted: bool = row.try_get("counted").map_err(DbError::Query)?;
+    let attempt = if counted {
+        Attempt::Counted
+    } else {
+        Attempt::Blocked(row.try_get("blocked_until").map_err(DbError::Query)?)
     };
-    let blocked_until: Option<DateTime<Utc>> =
-        row.try_get("blocked_until").map_err(DbError::Query)?;
     let id: Option<Uuid> = row.try_get("id").map_err(DbError::Query)?;
     let user = match id {
         None => None,
@@ -137,7 +171,7 @@ pub async fn login_lookup(
             hashed_password: row.try_get("hashed_password").map_err(DbError::Query)?,
         }),
     };
-    Ok((user, blocked_until))
+    Ok((user, attempt))
 }
 
 /// The user with this id.
@@ -203,52 +237,6 @@ pub async fn start_session(
     )
     .await?;
     Ok(())
-}
-
-/// A login failed: count it against the throttle key (exponential backoff from the
-/// `after`-th consecutive failure, capped at `max_secs`) and write the audit row.
-/// Returns until when the key is now blocked, if it is.
-#[allow(clippy::too_many_arguments)]
-pub async fn record_login_failure(
-    db: &Db,
-    throttle_key: &[u8],
-    after: u32,
-    max_secs: f64,
-    user_id: Option<Uuid>,
-    reason: &str,
-    now: DateTime<Utc>,
-    client: &Client,
-) -> Result<Option<DateTime<Utc>>, DbError> {
-    let after = i32::try_from(after).unwrap_or(i32::MAX);
-    let row = db
-        .query_opt(
-            "WITH t AS (INSERT INTO login_throttle AS l (key, failures, blocked_until, updated_at) \
-                        VALUES ($1, 1, CASE WHEN 1 >= $2 THEN $7 + make_interval(secs => LEAST(1, $3)) END, $7) \
-                        ON CONFLICT (key) DO UPDATE SET \
-                          failures = l.failures + 1, \
-                          blocked_until = CASE WHEN l.failures + 1 >= $2 \
-                            THEN $7 + make_interval(secs => LEAST(power(2, l.failures + 1 - $2), $3)) END, \
-                          updated_at = $7 \
-                        RETURNING blocked_until), \
-                  e AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent, reason) \
-                        VALUES ($7, 'login.failed', $4, $5, $6, $8)) \
-             SELECT blocked_until FROM t",
-            &[
-                (&throttle_key, Type::BYTEA),
-                (&after, Type::INT4),
-                (&max_secs, Type::FLOAT8),
-                (&user_id, Type::UUID),
-                (&client.source_ip, Type::TEXT),
-                (&client.user_agent, Type::TEXT),
-                (&now, Type::TIMESTAMPTZ),
-                (&reason, Type::TEXT),
-            ],
-        )
-        .await?;
-    match row {
-        Some(row) => row.try_get("blocked_until").map_err(DbError::Query),
-        None => Ok(None),
-    }
 }
 
 /// One audit row for an event that changes nothing else.
@@ -406,8 +394,8 @@ pub async fn refresh(
     })
 }
 
-/// Counts a request against its source address's sliding-minute window, unless the window is
-/// full; then returns the seconds to wait.
+/// Counts a request against its source address's sliding one-minute window, unless the window
+/// is full; then returns the seconds until a slot frees.
 pub async fn ip_allow(
     db: &Db,
     source_ip: &str,
@@ -487,7 +475,7 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result
         .query_opt(
             "WITH e AS (DELETE FROM auth_events WHERE occurred_at < $1 RETURNING 1), \
                   s AS (DELETE FROM sessions WHERE coalesce(ended_at, expires_at) < $1 RETURNING 1), \
-                  i AS (DELETE FROM ip_rate_limits WHERE window_start < $2 - interval '2 minutes'), \
+                  i AS (DELETE FROM ip_requests WHERE at < $2 - interval '2 minutes'), \
                   t AS (DELETE FROM login_throttle WHERE updated_at < $1) \
              SELECT (SELECT count(*) FROM e) AS events, (SELECT count(*) FROM s) AS sessions",
             &[(&cutoff, Type::TIMESTAMPTZ), (&now, Type::TIMESTAMPTZ)],

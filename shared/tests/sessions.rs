@@ -383,10 +383,10 @@ async fn the_source_address_window_is_shared_by_all_instances_and_refused_reques
     auth::check_source_address(&other, &elsewhere, "refresh")
         .await
         .expect("another address is not limited");
-    let count: i32 = psql(&state)
+    let count: i64 = psql(&state)
         .await
         .query_one(
-            "SELECT current FROM ip_rate_limits WHERE source_ip = '203.0.113.7'",
+            "SELECT count(*) FROM ip_requests WHERE source_ip = '203.0.113.7'",
             &[],
         )
         .await
@@ -461,4 +461,83 @@ async fn every_action_leaves_an_audit_row_without_secrets() {
     ] {
         assert!(!dump.contains(secret));
     }
+}
+
+#[tokio::test]
+async fn the_source_address_window_slides_exactly_over_the_last_minute() {
+    let mut state = fresh_state(&[("IP_RATE_LIMIT_PER_MINUTE", "5")]).await;
+    let clock = hand_clock(&mut state);
+    let from = Client {
+        source_ip: Some("203.0.113.9".into()),
+        user_agent: None,
+    };
+    for _ in 0..3 {
+        auth::check_source_address(&state, &from, "login")
+            .await
+            .expect("allowed");
+    }
+    advance(&clock, Duration::seconds(30));
+    for _ in 0..2 {
+        auth::check_source_address(&state, &from, "login")
+            .await
+            .expect("allowed");
+    }
+    advance(&clock, Duration::seconds(29));
+    // 59 s after the first three: all five are still inside the window; a slot frees in 1 s.
+    assert_eq!(
+        auth::check_source_address(&state, &from, "login")
+            .await
+            .err(),
+        Some(AuthError::TooManyRequests {
+            retry_after_secs: 1
+        })
+    );
+    advance(&clock, Duration::milliseconds(1_500));
+    for _ in 0..3 {
+        auth::check_source_address(&state, &from, "login")
+            .await
+            .expect("the first three slid out");
+    }
+    // Full again until the two from second 30 slide out, 29.5 s from now.
+    assert_eq!(
+        auth::check_source_address(&state, &from, "login")
+            .await
+            .err(),
+        Some(AuthError::TooManyRequests {
+            retry_after_secs: 30
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_guesses_cannot_slip_past_the_backoff() {
+    // Twenty instances guessing one account's password at the same moment.
+    let state = fresh_state(&[("DATABASE_POOL_MAX_SIZE", "20")]).await;
+    let email = account(&state).await;
+    let guesses: Vec<_> = (0..20)
+        .map(|i| {
+            let (state, email) = (state.clone(), email.clone());
+            tokio::spawn(async move {
+                auth::login(
+                    &state,
+                    creds(&email, &format!("guess number {i} is wrong")),
+                    &nobody(),
+                )
+                .await
+            })
+        })
+        .collect();
+    let (mut checked, mut refused) = (0, 0);
+    for guess in guesses {
+        match guess.await.expect("task").err() {
+            Some(AuthError::InvalidCredentials) => checked += 1,
+            Some(AuthError::TooManyRequests { .. }) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        (checked, refused),
+        (5, 15),
+        "only LOGIN_BACKOFF_AFTER guesses were checked"
+    );
 }

@@ -1,7 +1,6 @@
 //! `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`: see
 //! `shared::http::handlers::keys`.
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), lambda_http::Error> {
-    shared::http::run_without_database(shared::http::handlers::keys).await
+fn main() -> Result<(), lambda_http::Error> {
+    shared::http::run_without_database(shared::http::handlers::keys)
 }

@@ -225,28 +225,37 @@ pub fn render<T>(
     }
 }
 
-/// The body of every function's `main`: logging (JSON under `AWS_LAMBDA_LOG_FORMAT=JSON`),
-/// the state built once per cold start (a bad setting fails init with a message naming it), a
-/// database connection opened during init, then the runtime loop. The state lives as long as
-/// the process, so it is leaked into a `'static` reference rather than reference-counted.
-pub async fn run<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+/// The whole of every function's `main`: a runtime sized for Lambda, logging (JSON under
+/// `AWS_LAMBDA_LOG_FORMAT=JSON`), the state built once per cold start (a bad setting fails init
+/// with a message naming it), a database connection opened during init, then the runtime loop.
+pub fn run<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
 where
     F: Fn(&'static AppState, Request) -> Fut,
     Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
 {
-    serve(handler, true).await
+    runtime()?.block_on(serve(handler, true))
 }
 
 /// [`run`] for a function that never queries the database (`keys`): no connection at init, so
 /// it holds none of the database's connection slots.
-pub async fn run_without_database<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+pub fn run_without_database<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
 where
     F: Fn(&'static AppState, Request) -> Fut,
     Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
 {
-    serve(handler, false).await
+    runtime()?.block_on(serve(handler, false))
 }
 
+/// An instance serves one request at a time, so one thread for the async work and one for
+/// argon2 are all it needs. A single blocking thread also matters for memory: glibc gives each
+/// thread that allocates argon2's 19 MiB of blocks its own arena and keeps the pages, so a pool
+/// of blocking threads multiplies the resident set.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(1).build()
+}
+
+/// The state lives as long as the process, so it is leaked into a `'static` reference rather
+/// than reference-counted.
 async fn serve<F, Fut>(handler: F, connect_at_init: bool) -> Result<(), lambda_http::Error>
 where
     F: Fn(&'static AppState, Request) -> Fut,

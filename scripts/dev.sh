@@ -21,7 +21,7 @@ cargo run --quiet -p cli --bin authctl -- migrate
 step "building the functions"
 cargo build --quiet --bin register --bin login --bin protected --bin refresh --bin logout --bin keys
 
-trap 'kill -- "-${GATEWAY_PID:-0}" 2>/dev/null || true' EXIT
+trap '[[ -z "${GATEWAY_PID:-}" ]] || kill -- "-$GATEWAY_PID" 2>/dev/null || true' EXIT
 step "serving on http://localhost:$PORT: /auth/register, /auth/login, /auth/me, /auth/refresh, /auth/logout, /.well-known/*"
 start_gateway "$PORT"
 # shellcheck disable=SC2046

@@ -251,7 +251,10 @@ where
 /// thread that allocates argon2's 19 MiB of blocks its own arena and keeps the pages, so a pool
 /// of blocking threads multiplies the resident set.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(1).build()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
 }
 
 /// The state lives as long as the process, so it is leaked into a `'static` reference rather

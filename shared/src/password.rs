@@ -4,11 +4,14 @@
 
 use crate::{config::Argon2Settings, email::Email, error::AuthError};
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
-    password_hash::{SaltString, rand_core::OsRng},
+    Algorithm, Argon2, Block, Params, PasswordHash, Version,
+    password_hash::{Output, SaltString, rand_core::OsRng},
 };
 use rand::RngCore;
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+};
 use unicode_normalization::UnicodeNormalization;
 
 /// Most code points a password may have.
@@ -80,6 +83,10 @@ fn is_weak(password: &str, email: &Email) -> bool {
 pub struct Passwords {
     params: Params,
     dummy_hash: Arc<str>,
+    /// argon2's working memory (19 MiB at the default cost), allocated at the first hash and
+    /// reused by every one after it. Allocated per hash, it made glibc's heap grow by the whole
+    /// amount on many requests (to ~220 MiB peak RSS); reused, it stays one copy.
+    memory: Arc<Mutex<Vec<Block>>>,
 }
 
 impl fmt::Debug for Passwords {
@@ -118,11 +125,8 @@ impl Passwords {
         Ok(Self {
             params,
             dummy_hash: dummy_hash.into(),
+            memory: Arc::default(),
         })
-    }
-
-    fn argon2(&self) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
     }
 
     /// Hashes a password into an argon2id PHC string, off the async threads.
@@ -131,12 +135,27 @@ impl Passwords {
     }
 
     async fn hash_normalized(&self, password: String) -> Result<String, AuthError> {
-        let argon2 = self.argon2();
+        let (params, memory) = (self.params.clone(), self.memory.clone());
         let joined = tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            argon2
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
+            let mut salt = [0u8; 16];
+            rand::rng().fill_bytes(&mut salt);
+            let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+            let cost = (params.m_cost(), params.t_cost(), params.p_cost());
+            compute(
+                &memory,
+                Algorithm::Argon2id,
+                Version::V0x13,
+                params,
+                password.as_bytes(),
+                &salt,
+                &mut out,
+            )?;
+            let b64 = |bytes: &[u8]| SaltString::encode_b64(bytes).map(|s| s.as_str().to_owned());
+            let (salt, out) = (b64(&salt)?, b64(&out)?);
+            Ok::<_, argon2::password_hash::Error>(format!(
+                "$argon2id$v=19$m={},t={},p={}${salt}${out}",
+                cost.0, cost.1, cost.2
+            ))
         })
         .await;
         match joined {
@@ -159,17 +178,10 @@ impl Passwords {
             Some(s) => s.into(),
             None => self.dummy_hash.clone(),
         };
-        let password = password.to_owned();
-        let joined = tokio::task::spawn_blocking(move || {
-            let parsed = PasswordHash::new(&phc)?;
-            // The stored hash names its own algorithm and cost; `verify_password` uses those.
-            match Argon2::default().verify_password(password.as_bytes(), &parsed) {
-                Ok(()) => Ok(true),
-                Err(argon2::password_hash::Error::Password) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
-        .await;
+        let (password, memory) = (password.to_owned(), self.memory.clone());
+        let joined =
+            tokio::task::spawn_blocking(move || verify_phc(&memory, &phc, password.as_bytes()))
+                .await;
         match joined {
             Ok(Ok(matched)) => Ok(matched && stored.is_some()),
             Ok(Err(error)) => {
@@ -206,6 +218,56 @@ impl Passwords {
     pub async fn rehash(&self, password: &str) -> Result<String, AuthError> {
         self.hash_normalized(password.to_owned()).await
     }
+}
+
+/// One argon2 run into `out`, in the shared working memory (grown if a stored hash asks for
+/// more than the configured cost).
+fn compute(
+    memory: &Mutex<Vec<Block>>,
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    let mut blocks = memory.lock().unwrap_or_else(PoisonError::into_inner);
+    let needed = params.block_count();
+    if blocks.len() < needed {
+        blocks.resize(needed, Block::default());
+    }
+    Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password,
+        salt,
+        out,
+        &mut blocks[..],
+    )
+}
+
+/// Recomputes a PHC string's hash for `password` with the string's own algorithm, version and
+/// cost, and compares in constant time.
+fn verify_phc(
+    memory: &Mutex<Vec<Block>>,
+    phc: &str,
+    password: &[u8],
+) -> Result<bool, argon2::password_hash::Error> {
+    use argon2::password_hash::Error as E;
+    let parsed = PasswordHash::new(phc)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm)?;
+    let version = parsed
+        .version
+        .map_or(Ok(Version::V0x13), Version::try_from)
+        .map_err(|_| E::Version)?;
+    let params = Params::try_from(&parsed)?;
+    let expected = parsed.hash.ok_or(E::PhcStringField)?;
+    let mut salt = [0u8; 64];
+    let salt = parsed
+        .salt
+        .ok_or(E::PhcStringField)?
+        .decode_b64(&mut salt)?;
+    let mut out = vec![0u8; expected.len()];
+    compute(memory, algorithm, version, params, password, salt, &mut out)?;
+    Ok(Output::new(&out)? == expected)
 }
 
 #[cfg(test)]
@@ -352,5 +414,37 @@ mod tests {
         let new = strong.rehash(STRONG).await.expect("rehash");
         assert!(!strong.needs_rehash(&new));
         assert!(strong.verify(STRONG, Some(&new)).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn hashes_interoperate_with_the_reference_argon2_api() {
+        use argon2::{PasswordHasher, PasswordVerifier};
+        let ours = Passwords::new(fast()).expect("params");
+        let reference = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8_192, 1, 1, None).expect("params"),
+        );
+        let theirs = reference
+            .hash_password(STRONG.as_bytes(), &SaltString::generate(&mut OsRng))
+            .expect("hash")
+            .to_string();
+        assert!(ours.verify(STRONG, Some(&theirs)).await.expect("verify"));
+        assert!(
+            !ours
+                .verify("not it at all, no", Some(&theirs))
+                .await
+                .expect("verify")
+        );
+        let mine = ours
+            .hash(&NewPassword::parse(STRONG, &email(), 12).expect("pw"))
+            .await
+            .expect("hash");
+        let parsed = PasswordHash::new(&mine).expect("phc");
+        assert!(
+            Argon2::default()
+                .verify_password(STRONG.as_bytes(), &parsed)
+                .is_ok()
+        );
     }
 }

@@ -30,7 +30,9 @@ FUNCTIONS=(register login protected)
 cleanup() {
   # gateway.py and cargo lambda watch run in their own process groups (setsid), so this also
   # stops the functions that cargo lambda started.
-  kill -- "-${WATCH_PID:-0}" "-${GATEWAY_PID:-0}" 2>/dev/null || true
+  # (Only when started: `kill -- -0` would signal this script's own process group.)
+  local pid
+  for pid in ${WATCH_PID:-} ${GATEWAY_PID:-}; do kill -- "-$pid" 2>/dev/null || true; done
   scripts/pgbouncer.sh stop bench "$POOLER_PORT" >/dev/null 2>&1 || true
   scripts/pg.sh stop bench "$DB_PORT" >/dev/null 2>&1 || true
 }

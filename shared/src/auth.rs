@@ -83,7 +83,7 @@ pub async fn check_source_address(
         None => Ok(()),
         Some(retry_after_secs) => {
             tracing::info!(event = "rate_limit.exceeded", route, retry_after_secs);
-            // Best effort: the answer does not wait for the audit row.
+            // Best effort: a failed audit write does not change the answer.
             let _ = store::audit(
                 &state.db,
                 "rate_limit.exceeded",

@@ -211,11 +211,6 @@ impl TokenKeys {
         })
     }
 
-    /// The signing algorithm in use.
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm
-    }
-
     /// Issues an access token for a user's session, valid from `now` (seconds since the epoch)
     /// for the configured lifetime.
     pub fn issue(

@@ -36,13 +36,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 PG_HOME="$ROOT/.local/pg"
 PROG="scripts/pg.sh"
+STATE_HOME="$PG_HOME"
+# shellcheck source=scripts/unprivileged.sh
+source "$ROOT/scripts/unprivileged.sh"
 
 # The environment must not redirect our own connections elsewhere.
 unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE \
   PGSERVICEFILE PGOPTIONS PGSSLMODE PGDATA PGTARGETSESSIONATTRS PGCONNECT_TIMEOUT
-
-die() { echo "$PROG: $*" >&2; exit 1; }
-say() { echo "$PROG: $*" >&2; }
 
 usage() {
   sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -67,27 +67,6 @@ fi
 
 LINK="$PG_HOME/$NAME"   # what users see; a directory, or a symlink to the /tmp fallback
 BASE=""                 # the real directory, resolved by locate()
-
-# --- who runs the server ------------------------------------------------------------------
-
-RUN_USER=""
-if [[ $EUID -eq 0 ]]; then
-  if id -u postgres >/dev/null 2>&1; then RUN_USER=postgres
-  elif id -u nobody >/dev/null 2>&1; then RUN_USER=nobody
-  else die "running as root, but neither user 'postgres' nor 'nobody' exists to run the server"
-  fi
-  if command -v runuser >/dev/null 2>&1; then
-    as_pg() { (cd / && runuser -u "$RUN_USER" -- "$@"); }
-  elif command -v setpriv >/dev/null 2>&1; then
-    as_pg() { (cd / && setpriv --reuid="$RUN_USER" --regid="$(id -g "$RUN_USER")" --init-groups -- "$@"); }
-  else
-    die "running as root, but neither runuser nor setpriv is available to drop privileges"
-  fi
-  give() { chown "$RUN_USER:$(id -g "$RUN_USER")" "$@"; }
-else
-  as_pg() { "$@"; }
-  give() { :; }
-fi
 
 # --- server binaries ------------------------------------------------------------------------
 
@@ -131,38 +110,12 @@ psql_bin() {
 
 # --- where the cluster lives ----------------------------------------------------------------
 
-mkdir_public() {  # mkdir DIR mode 755 if missing (a umask of 077 would hide it from RUN_USER)
-  [[ -d "$1" ]] || { mkdir -p "$1" && chmod 755 "$1"; }
-}
-
-# Sets BASE when the cluster exists (dir or live symlink); returns 1 otherwise.
-locate() {
-  if [[ -L "$LINK" && ! -d "$LINK" ]]; then
-    rm -f "$LINK"   # the /tmp fallback vanished (reboot): the cluster is gone
-    return 1
-  fi
-  [[ -d "$LINK" ]] || return 1
-  BASE="$(cd "$LINK" && pwd -P)"
-}
-
 # Creates the cluster directory (not the data) and its password if missing; sets BASE.
 ensure_base() {
   locate && [[ -s "$BASE/password" ]] && return 0
   if [[ -z "$BASE" ]]; then
-    mkdir_public "$ROOT/.local"
-    mkdir_public "$PG_HOME"
-    if [[ -n "$RUN_USER" ]] && ! as_pg test -x "$PG_HOME"; then
-      # RUN_USER cannot traverse to the repo (e.g. /root is 700): keep the cluster in a
-      # private, unguessable directory under /tmp instead and point .local/pg/NAME at it.
-      BASE="$(mktemp -d "/tmp/pg.sh-$NAME.XXXXXXXX")"
-      chmod 711 "$BASE"
-      ln -s "$BASE" "$LINK"
-      say "user '$RUN_USER' cannot reach $PG_HOME; cluster kept in $BASE (linked from $LINK)"
-    else
-      mkdir -p "$LINK"
-      chmod 711 "$LINK"
-      BASE="$(cd "$LINK" && pwd -P)"
-    fi
+    make_base
+    chmod 711 "$BASE"
   fi
   if [[ ! -s "$BASE/password" ]]; then
     [[ ! -e "$BASE/data/PG_VERSION" ]] ||
@@ -180,26 +133,15 @@ url_for() {
   printf 'postgres://postgres:%s@127.0.0.1:%s/%s?sslmode=disable\n' "$(password)" "$PORT" "$1"
 }
 
-# Serialize creating and starting one cluster (parallel make targets may race): two initdb
-# runs or two pg_ctl starts on one data directory must not overlap.
-lock() {
-  mkdir_public "$ROOT/.local"
-  mkdir_public "$PG_HOME"
-  if command -v flock >/dev/null 2>&1; then
-    exec 9>"$PG_HOME/.lock-$NAME"
-    flock -w 120 9 || die "timed out waiting for $PG_HOME/.lock-$NAME (another $PROG start $NAME?)"
-  fi
-}
-
 # --- server state ---------------------------------------------------------------------------
 
 is_running() {  # running at all (any port)
   [[ -n "$BASE" && -f "$BASE/data/PG_VERSION" ]] || return 1
-  as_pg "$BINDIR/pg_ctl" status -D "$BASE/data" >/dev/null 2>&1
+  as_run "$BINDIR/pg_ctl" status -D "$BASE/data" >/dev/null 2>&1
 }
 
 running_port() {  # line 4 of postmaster.pid is the port
-  as_pg sed -n 4p "$BASE/data/postmaster.pid" 2>/dev/null | tr -d '[:space:]'
+  as_run sed -n 4p "$BASE/data/postmaster.pid" 2>/dev/null | tr -d '[:space:]'
 }
 
 write_settings() {
@@ -314,7 +256,7 @@ init_cluster() {
   # initdb reads the password as RUN_USER, so hand it a copy it owns, removed right after.
   (umask 077 && password >"$BASE/pwfile.tmp")
   give "$BASE/pwfile.tmp"
-  if ! as_pg "$BINDIR/initdb" -D "$BASE/data" -U postgres --pwfile="$BASE/pwfile.tmp" \
+  if ! as_run "$BINDIR/initdb" -D "$BASE/data" -U postgres --pwfile="$BASE/pwfile.tmp" \
     --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --no-locale --no-sync \
     >"$log" 2>&1; then
     rm -f "$BASE/pwfile.tmp"
@@ -323,27 +265,27 @@ init_cluster() {
     die "initdb failed (output above)"
   fi
   rm -f "$BASE/pwfile.tmp"
-  printf "\ninclude_if_exists = 'pg.sh.conf'\n" | as_pg tee -a "$BASE/data/postgresql.conf" >/dev/null
+  printf "\ninclude_if_exists = 'pg.sh.conf'\n" | as_run tee -a "$BASE/data/postgresql.conf" >/dev/null
 }
 
 check_version() {
   local have want
-  have="$(cat "$BASE/data/PG_VERSION" 2>/dev/null || as_pg cat "$BASE/data/PG_VERSION")"
+  have="$(cat "$BASE/data/PG_VERSION" 2>/dev/null || as_run cat "$BASE/data/PG_VERSION")"
   want="$("$BINDIR/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)?.*/\1/')"
   [[ "$have" == "$want" ]] ||
     die "cluster $NAME was created by PostgreSQL $have but $BINDIR is $want; run '$PROG destroy $NAME $PORT' to start over"
 }
 
 server_ssl() {  # "on" or "off", asked over the unix socket
-  as_pg "$(psql_bin)" -X -q -h "$BASE/run" -p "$PORT" -U postgres -d postgres -tA -c 'show ssl'
+  as_run "$(psql_bin)" -X -q -h "$BASE/run" -p "$PORT" -U postgres -d postgres -tA -c 'show ssl'
 }
 
 ensure_db() {
   local db="$1" psql
   psql="$(psql_bin)"
-  if [[ -z "$(as_pg "$psql" -X -q -h "$BASE/run" -p "$PORT" -U postgres -d postgres -tA \
+  if [[ -z "$(as_run "$psql" -X -q -h "$BASE/run" -p "$PORT" -U postgres -d postgres -tA \
     -c "select 1 from pg_database where datname = '$db'")" ]]; then
-    as_pg "$psql" -X -q -v ON_ERROR_STOP=1 -h "$BASE/run" -p "$PORT" -U postgres -d postgres \
+    as_run "$psql" -X -q -v ON_ERROR_STOP=1 -h "$BASE/run" -p "$PORT" -U postgres -d postgres \
       -c "create database \"$db\"" >/dev/null
   fi
 }
@@ -369,7 +311,7 @@ cmd_start() {
       [[ "$(server_ssl)" == on ]] ||
         die "postgres $NAME is already running without TLS; stop it first ('$PROG stop $NAME $PORT'), then start it with PG_TLS=1"
       # The server rereads its certificate and key on reload.
-      if ((NEW_CERTS)); then as_pg "$BINDIR/pg_ctl" reload -D "$BASE/data" >/dev/null; fi
+      if ((NEW_CERTS)); then as_run "$BINDIR/pg_ctl" reload -D "$BASE/data" >/dev/null; fi
     fi
     ensure_db auth
     if ((TLS)); then
@@ -381,7 +323,7 @@ cmd_start() {
   fi
   write_settings
   # 9>&-: the server must not inherit the lock, or it would hold it for as long as it runs.
-  if ! as_pg "$BINDIR/pg_ctl" start -w -t 60 -D "$BASE/data" -l "$BASE/postgres.log" \
+  if ! as_run "$BINDIR/pg_ctl" start -w -t 60 -D "$BASE/data" -l "$BASE/postgres.log" \
     >/dev/null 2>&1 9>&-; then
     say "postgres $NAME failed to start; last lines of $LINK/postgres.log:"
     tail -n 20 "$BASE/postgres.log" >&2 || true
@@ -399,7 +341,7 @@ cmd_stop() {
   locate || return 0
   need_bindir
   if is_running; then
-    as_pg "$BINDIR/pg_ctl" stop -w -m fast -D "$BASE/data" >/dev/null
+    as_run "$BINDIR/pg_ctl" stop -w -m fast -D "$BASE/data" >/dev/null
     echo "postgres $NAME stopped"
   fi
 }

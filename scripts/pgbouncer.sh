@@ -33,13 +33,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 PGB_HOME="$ROOT/.local/pgbouncer"
 PG_HOME="$ROOT/.local/pg"
 PROG="scripts/pgbouncer.sh"
+STATE_HOME="$PGB_HOME"
+# shellcheck source=scripts/unprivileged.sh
+source "$ROOT/scripts/unprivileged.sh"
 
 # The environment must not redirect our own psql (the readiness check) elsewhere.
 unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE PGSERVICE \
   PGSERVICEFILE PGOPTIONS PGSSLMODE PGTARGETSESSIONATTRS PGCONNECT_TIMEOUT PGCHANNELBINDING
-
-die() { echo "$PROG: $*" >&2; exit 1; }
-say() { echo "$PROG: $*" >&2; }
 
 usage() {
   sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -85,27 +85,6 @@ fi
 
 LINK="$PGB_HOME/$NAME"   # what users see; a directory, or a symlink to the /tmp fallback
 BASE=""                  # the real directory, resolved by locate()
-
-# --- who runs the bouncer (as in pg.sh) -----------------------------------------------------
-
-RUN_USER=""
-if [[ $EUID -eq 0 ]]; then
-  if id -u postgres >/dev/null 2>&1; then RUN_USER=postgres
-  elif id -u nobody >/dev/null 2>&1; then RUN_USER=nobody
-  else die "running as root, but neither user 'postgres' nor 'nobody' exists to run pgbouncer"
-  fi
-  if command -v runuser >/dev/null 2>&1; then
-    as_run() { (cd / && runuser -u "$RUN_USER" -- "$@"); }
-  elif command -v setpriv >/dev/null 2>&1; then
-    as_run() { (cd / && setpriv --reuid="$RUN_USER" --regid="$(id -g "$RUN_USER")" --init-groups -- "$@"); }
-  else
-    die "running as root, but neither runuser nor setpriv is available to drop privileges"
-  fi
-  give() { chown "$RUN_USER:$(id -g "$RUN_USER")" "$@"; }
-else
-  as_run() { "$@"; }
-  give() { :; }
-fi
 
 # --- the pgbouncer binary -------------------------------------------------------------------
 
@@ -186,44 +165,11 @@ pg_password() {
 
 # --- where the bouncer lives ------------------------------------------------------------------
 
-mkdir_public() {  # mkdir DIR mode 755 if missing (a umask of 077 would hide it from RUN_USER)
-  [[ -d "$1" ]] || { mkdir -p "$1" && chmod 755 "$1"; }
-}
-
-# Sets BASE when the directory exists (dir or live symlink); returns 1 otherwise.
-locate() {
-  if [[ -L "$LINK" && ! -d "$LINK" ]]; then
-    rm -f "$LINK"   # the /tmp fallback vanished (reboot)
-    return 1
-  fi
-  [[ -d "$LINK" ]] || return 1
-  BASE="$(cd "$LINK" && pwd -P)"
-}
-
 ensure_base() {
   locate && return 0
-  mkdir_public "$ROOT/.local"
-  mkdir_public "$PGB_HOME"
-  if [[ -n "$RUN_USER" ]] && ! as_run test -x "$PGB_HOME"; then
-    # RUN_USER cannot traverse to the repo (e.g. /root is 700): use a private /tmp directory.
-    BASE="$(mktemp -d "/tmp/pgbouncer.sh-$NAME.XXXXXXXX")"
-    ln -s "$BASE" "$LINK"
-    say "user '$RUN_USER' cannot reach $PGB_HOME; pgbouncer kept in $BASE (linked from $LINK)"
-  else
-    mkdir -p "$LINK"
-    BASE="$(cd "$LINK" && pwd -P)"
-  fi
+  make_base
   chmod 700 "$BASE"
   give "$BASE"
-}
-
-lock() {
-  mkdir_public "$ROOT/.local"
-  mkdir_public "$PGB_HOME"
-  if command -v flock >/dev/null 2>&1; then
-    exec 9>"$PGB_HOME/.lock-$NAME"
-    flock -w 60 9 || die "timed out waiting for $PGB_HOME/.lock-$NAME (another $PROG on $NAME?)"
-  fi
 }
 
 # --- process state ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -477,3 +478,27 @@ def good_claims(user: User, /, **overrides) -> dict:
         else:
             claims[key] = value
     return claims
+
+
+def at_once(n: int, call, *, wait: float = 60, join: float = 180) -> list:
+    """Runs call(i) for i in range(n) on n threads released together by a barrier; returns the
+    results in order and fails the test if any call raised or never finished."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait(timeout=wait)
+            results[i] = call(i)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=join)
+    assert not any(t.is_alive() for t in threads), "some requests never finished"
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, f"requests failed: {errors!r}"
+    return results

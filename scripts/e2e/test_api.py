@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 import unicodedata
 import uuid
@@ -24,6 +23,7 @@ import jwt
 import pytest
 
 from support import (
+    at_once,
     ACCESS_TOKEN_TTL,
     ACCESS_TOKEN_TYP,
     ALG,
@@ -279,25 +279,8 @@ def test_concurrent_registration_of_one_email_creates_one_account(api):
         return (" " * (i % 3)) + mixed + ("\t" if i % 2 else "")
 
     password = strong_password()
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=60)
-            # 20 requests at once may all hash before one insert wins: allow more than TIMEOUT.
-            results[i] = api.register(variant(i), password, timeout=max(TIMEOUT, 120))
-        except Exception as exc:  # noqa: BLE001 - reported below
-            results[i] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
-    assert not any(t.is_alive() for t in threads), "some registration requests never finished"
-    errors = [r for r in results if isinstance(r, Exception)]
-    assert not errors, f"requests failed: {errors!r}"
+    # 20 requests at once may all hash before one insert wins: allow more than TIMEOUT.
+    results = at_once(n, lambda i: api.register(variant(i), password, timeout=max(TIMEOUT, 120)))
     statuses = sorted(r.status for r in results)
     assert statuses.count(201) == 1 and statuses.count(409) == n - 1, (
         f"expected one 201 and {n - 1} 409, got {statuses}: "

@@ -19,7 +19,6 @@ import concurrent.futures
 import hashlib
 import json
 import secrets
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import pytest
 
 from conftest import API_URL, BIND_SOURCE, fresh_source_address
 from support import (
+    at_once,
     ACCESS_TOKEN_TYP,
     ALG,
     BACKOFF_AFTER,
@@ -219,24 +219,7 @@ def test_parallel_refreshes_of_one_token_get_the_same_successor(api):
     user = register_ok(api)
     first = new_session(api, user)
     n = 4
-    barrier = threading.Barrier(n)
-    results: list = [None] * n
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = api.refresh(first["refresh_token"])
-        except Exception as exc:  # noqa: BLE001 - reported below
-            results[i] = exc
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "some refresh requests never finished"
-    errors = [r for r in results if isinstance(r, Exception)]
-    assert not errors, f"requests failed: {errors!r}"
+    results = at_once(n, lambda i: api.refresh(first["refresh_token"]), wait=30, join=120)
     bodies = [assert_token_body(r) for r in results]
     successors = {b["refresh_token"] for b in bodies}
     assert len(successors) == 1, f"racing refreshes got different successors: {successors}"

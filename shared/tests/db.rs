@@ -260,15 +260,7 @@ async fn a_login_upgrades_a_hash_weaker_than_the_configured_parameters() {
     common::login(&state, creds(email.as_str(), STRONG_PASSWORD))
         .await
         .expect("login");
-    let stored: String = psql(&state)
-        .await
-        .query_one(
-            "SELECT hashed_password FROM users WHERE id = $1",
-            &[&user.id],
-        )
-        .await
-        .expect("q")
-        .get(0);
+    let stored = common::stored_hash(&state, user.id).await;
     assert!(
         stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
         "{stored}"

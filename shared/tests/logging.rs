@@ -60,15 +60,7 @@ async fn every_outcome_is_logged_once_without_secrets() {
         .expect("me");
     let _ = common::current_user(&state, "garbage").await;
 
-    let hash: String = common::psql(&state)
-        .await
-        .query_one(
-            "SELECT hashed_password FROM users WHERE id = $1",
-            &[&user.id],
-        )
-        .await
-        .expect("q")
-        .get(0);
+    let hash = common::stored_hash(&state, user.id).await;
     let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
     let db_password = url::Url::parse(state.config.database_url.expose())
         .expect("url")

@@ -90,6 +90,16 @@ pub async fn psql(state: &AppState) -> tokio_postgres::Client {
     client
 }
 
+/// The argon2id PHC string stored for a user.
+pub async fn stored_hash(state: &AppState, id: uuid::Uuid) -> String {
+    psql(state)
+        .await
+        .query_one("SELECT hashed_password FROM users WHERE id = $1", &[&id])
+        .await
+        .expect("the user's row")
+        .get(0)
+}
+
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
 }

@@ -5,17 +5,18 @@
 
 use crate::{
     AppState,
-    db::{DbError, RETRY_AFTER_SECS},
+    db::DbError,
     email::{Email, mask},
     error::AuthError,
     password::{self, NewPassword},
-    store::{self, Attempt, Client, InsertError, SessionUser, User},
+    refresh,
+    store::{
+        self, Attempt, AuditEvent, Client, InsertError, LoginLimits, RefreshOutcome, SessionUser,
+        User,
+    },
     token::{AccessToken, IssuedToken, TokenRejection},
 };
-use aws_lc_rs::{digest, hmac};
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use rand::RngCore;
 use uuid::Uuid;
 
 /// Email and password as the client sent them (unnormalized, unvalidated).
@@ -43,19 +44,14 @@ pub struct Tokens {
     pub refresh_token: String,
 }
 
-fn db_failure(error: DbError) -> AuthError {
-    match error {
-        DbError::Unavailable => AuthError::ServiceUnavailable {
-            retry_after_secs: RETRY_AFTER_SECS,
-        },
-        DbError::UniqueViolation { constraint, .. } => {
-            tracing::error!(constraint, "unexpected unique violation");
-            AuthError::Internal
-        }
-        DbError::Query(error) => {
-            tracing::error!(error = crate::db::describe(&error), "database query failed");
-            AuthError::Internal
-        }
+/// The one audit writer: best effort, so a failure is logged and changes no answer.
+async fn audit(state: &AppState, event: AuditEvent<'_>, client: &Client) {
+    if let Err(error) = store::audit(&state.db, &event, state.now(), client).await {
+        let error = match &error {
+            DbError::Query(e) => crate::db::describe(e),
+            other => format!("{other:?}"),
+        };
+        tracing::warn!(audit_event = event.event, error, "audit row not written");
     }
 }
 
@@ -64,33 +60,25 @@ fn seconds_until(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
     u64::try_from(millis).unwrap_or(0).div_ceil(1000).max(1)
 }
 
-/// The per-source-address window shared by register, login and refresh. A request it rejects
-/// is not counted.
+/// The per-source-network window shared by register, login and refresh, and by the refusals
+/// of the bearer routes. A request it rejects is not counted.
 pub async fn check_source_address(
     state: &AppState,
     client: &Client,
     route: &'static str,
 ) -> Result<(), AuthError> {
     let limit = state.config.ip_rate_limit_per_minute;
-    let Some(ip) = client.source_ip.as_deref().filter(|_| limit > 0) else {
+    if client.source_ip.is_none() || limit == 0 {
         return Ok(());
-    };
+    }
     let now = state.now();
-    match store::ip_allow(&state.db, ip, limit, now)
-        .await
-        .map_err(db_failure)?
-    {
+    match store::ip_allow(&state.db, &client.network(), limit, Uuid::new_v4(), now).await? {
         None => Ok(()),
         Some(retry_after_secs) => {
             tracing::info!(event = "rate_limit.exceeded", route, retry_after_secs);
-            // Best effort: a failed audit write does not change the answer.
-            let _ = store::audit(
-                &state.db,
-                "rate_limit.exceeded",
-                None,
-                None,
-                Some(route),
-                now,
+            audit(
+                state,
+                AuditEvent::refusal("rate_limit.exceeded", route),
                 client,
             )
             .await;
@@ -107,17 +95,13 @@ pub async fn register(
     client: &Client,
 ) -> Result<User, AuthError> {
     let now = state.now();
-    let masked = mask(credentials.email.trim());
+    let masked = mask(&credentials.email);
     let masked = &masked;
     let rejected = |reason: &'static str, error: AuthError| async move {
         tracing::info!(event = "register.rejected", reason, email = %masked);
-        let _ = store::audit(
-            &state.db,
-            "register.rejected",
-            None,
-            None,
-            Some(reason),
-            now,
+        audit(
+            state,
+            AuditEvent::refusal("register.rejected", reason),
             client,
         )
         .await;
@@ -145,22 +129,14 @@ pub async fn register(
             Ok(user)
         }
         Err(InsertError::EmailTaken) => Err(rejected("email_taken", AuthError::EmailTaken).await),
-        Err(InsertError::Db(e)) => Err(db_failure(e)),
+        Err(InsertError::Db(e)) => Err(e.into()),
     }
 }
 
-/// The per-account backoff key: SHA-256 of the normalized email, or of the trimmed,
-/// lower-cased input when it is no valid email. Raw input is never stored.
-fn throttle_key(email: Option<&Email>, raw: &str) -> Vec<u8> {
-    let basis = email.map_or_else(|| raw.trim().to_lowercase(), |e| e.as_str().to_owned());
-    digest::digest(&digest::SHA256, basis.as_bytes())
-        .as_ref()
-        .to_vec()
-}
-
-/// Logs in: honours the account's backoff, checks the password (against a dummy hash when
-/// there is no account, so both failures take the same time), rehashes a hash weaker than the
-/// current parameters, starts a session and issues its tokens.
+/// Logs in: honours the lock and the backoffs (of the account from this network, and of the
+/// account across all networks), checks the password (against a dummy hash when there is no
+/// account, so both failures take the same time), rehashes a hash weaker than the current
+/// parameters, starts a session and issues its tokens.
 pub async fn login(
     state: &AppState,
     credentials: Credentials,
@@ -169,35 +145,45 @@ pub async fn login(
     let now = state.now();
     let password = password::normalize(&credentials.password);
     let email = Email::parse(&credentials.email).ok();
-    let key = throttle_key(email.as_ref(), &credentials.email);
+    let account = store::account_key(email.as_ref(), &credentials.email);
+    let network = client.network();
     let config = &state.config;
+    let limits = LoginLimits {
+        network_after: config.login_backoff_after,
+        account_after: config.login_account_backoff_after,
+        lock_after: config.login_lock_after,
+        max_secs: config.login_backoff_max.as_secs_f64(),
+    };
     let (found, attempt) = store::login_attempt(
         &state.db,
         email.as_ref(),
-        &key,
-        config.login_backoff_after,
-        config.login_backoff_max.as_secs_f64(),
+        &account,
+        &network,
+        Uuid::new_v4(),
+        limits,
         now,
     )
-    .await
-    .map_err(db_failure)?;
-    let masked = mask(credentials.email.trim());
+    .await?;
+    let masked = mask(&credentials.email);
     let user_id = found.as_ref().map(|f| f.user.id);
+    let refused = |reason: &'static str| AuditEvent {
+        user_id,
+        ..AuditEvent::refusal("login.failed", reason)
+    };
 
-    if let Attempt::Blocked(until) = attempt {
-        let retry_after_secs = until.map_or(1, |until| seconds_until(until, now));
-        tracing::info!(event = "login.failed", reason = "too_many_attempts", email = %masked, retry_after_secs);
-        let _ = store::audit(
-            &state.db,
-            "login.failed",
-            user_id,
-            None,
-            Some("too_many_attempts"),
-            now,
-            client,
-        )
-        .await;
-        return Err(AuthError::TooManyRequests { retry_after_secs });
+    match attempt {
+        Attempt::Counted => {}
+        Attempt::Blocked(until) => {
+            let retry_after_secs = until.map_or(1, |until| seconds_until(until, now));
+            tracing::info!(event = "login.failed", reason = "too_many_attempts", email = %masked, retry_after_secs);
+            audit(state, refused("too_many_attempts"), client).await;
+            return Err(AuthError::TooManyRequests { retry_after_secs });
+        }
+        Attempt::Locked => {
+            tracing::info!(event = "login.failed", reason = "account_locked", email = %masked);
+            audit(state, refused("account_locked"), client).await;
+            return Err(AuthError::AccountLocked);
+        }
     }
 
     let stored = found.as_ref().map(|f| f.hashed_password.as_str());
@@ -210,17 +196,11 @@ pub async fn login(
     };
     if let Some(reason) = failure {
         tracing::info!(event = "login.failed", reason, user_id = user_id.map(tracing::field::display), email = %masked);
-        store::audit(
-            &state.db,
-            "login.failed",
-            user_id,
-            None,
-            Some(reason),
-            now,
-            client,
-        )
-        .await
-        .map_err(db_failure)?;
+        let event = AuditEvent {
+            refusal: false,
+            ..refused(reason)
+        };
+        audit(state, event, client).await;
         return Err(AuthError::InvalidCredentials);
     }
     let Some(found) = found else {
@@ -229,16 +209,11 @@ pub async fn login(
     let user = &found.user;
     if !user.is_active {
         tracing::info!(event = "login.failed", reason = "account_disabled", user_id = %user.id, email = %masked);
-        let _ = store::audit(
-            &state.db,
-            "login.failed",
-            Some(user.id),
-            None,
-            Some("account_disabled"),
-            now,
-            client,
-        )
-        .await;
+        let event = AuditEvent {
+            refusal: false,
+            ..refused("account_disabled")
+        };
+        audit(state, event, client).await;
         return Err(AuthError::AccountDisabled);
     }
     if state.passwords.needs_rehash(&found.hashed_password) {
@@ -246,26 +221,25 @@ pub async fn login(
     }
 
     let session_id = Uuid::new_v4();
-    let mut raw = [0u8; 32];
-    rand::rng().fill_bytes(&mut raw);
+    let raw = refresh::generate();
     let expires_at = now + state.config.session_max;
     store::start_session(
         &state.db,
         user.id,
         session_id,
-        &hash_refresh(&raw),
-        &key,
+        &refresh::hash(&raw),
+        &account,
+        &network,
         now,
         expires_at,
         client,
     )
-    .await
-    .map_err(db_failure)?;
+    .await?;
     let access = issue(state, user.id, session_id, now)?;
     tracing::info!(event = "login.succeeded", user_id = %user.id, session_id = %session_id);
     Ok(Tokens {
         access,
-        refresh_token: encode_refresh(&raw),
+        refresh_token: refresh::encode(&raw),
     })
 }
 
@@ -295,89 +269,57 @@ async fn rehash(state: &AppState, user: &User, old: &str, password: &str) {
     }
 }
 
-fn encode_refresh(raw: &[u8; 32]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-}
-
-fn decode_refresh(token: &str) -> Option<[u8; 32]> {
-    if token.len() != 43 {
-        return None;
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()?
-        .try_into()
-        .ok()
-}
-
-fn hash_refresh(raw: &[u8; 32]) -> Vec<u8> {
-    digest::digest(&digest::SHA256, raw).as_ref().to_vec()
-}
-
-/// The successor of a refresh token: a keyed hash of it, so a client racing inside the grace
-/// window is given the same successor without the successor ever being stored.
-fn successor(state: &AppState, raw: &[u8; 32]) -> [u8; 32] {
-    let tag = hmac::sign(&state.refresh_key, raw);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&tag.as_ref()[..32]);
-    out
-}
-
 /// Exchanges a refresh token for a new access token and the token's successor. A rotated token
-/// presented again inside the grace window gets the same successor; after it, the session ends.
+/// presented again inside the grace window gets the same successor while that successor is
+/// still live; after the window, the session ends.
 pub async fn refresh(
     state: &AppState,
     refresh_token: &str,
     client: &Client,
 ) -> Result<Tokens, AuthError> {
     let now = state.now();
-    let Some(raw) = decode_refresh(refresh_token) else {
+    let Some(raw) = refresh::decode(refresh_token) else {
         tracing::info!(event = "refresh.failed", reason = "malformed");
-        let _ = store::audit(
-            &state.db,
-            "refresh.failed",
-            None,
-            None,
-            Some("malformed"),
-            now,
+        audit(
+            state,
+            AuditEvent::refusal("refresh.failed", "malformed"),
             client,
         )
         .await;
         return Err(AuthError::InvalidToken);
     };
-    let next = successor(state, &raw);
-    let outcome = store::refresh(
+    let next = refresh::successor(&state.refresh_key, &raw);
+    let refreshed = store::refresh(
         &state.db,
-        &hash_refresh(&raw),
-        &hash_refresh(&next),
+        &refresh::hash(&raw),
+        &refresh::hash(&next),
         now,
         state.config.refresh_grace.as_secs_f64(),
         state.config.session_idle.as_secs_f64(),
         client,
     )
-    .await
-    .map_err(db_failure)?;
-    let user = outcome.user_id.map(tracing::field::display);
-    let session = outcome.session_id.map(tracing::field::display);
-    match (
-        outcome.outcome.as_str(),
-        outcome.user_id,
-        outcome.session_id,
-    ) {
-        ("rotated" | "grace", Some(user_id), Some(session_id)) => {
+    .await?;
+    let user = refreshed.user_id.map(tracing::field::display);
+    let session = refreshed.session_id.map(tracing::field::display);
+    match (refreshed.outcome, refreshed.user_id, refreshed.session_id) {
+        (
+            outcome @ (RefreshOutcome::Rotated | RefreshOutcome::Grace),
+            Some(user_id),
+            Some(session_id),
+        ) => {
             let access = issue(state, user_id, session_id, now)?;
             tracing::info!(
                 event = "refresh.succeeded",
                 user_id = user,
                 session_id = session,
-                grace = outcome.outcome == "grace"
+                grace = outcome == RefreshOutcome::Grace
             );
             Ok(Tokens {
                 access,
-                refresh_token: encode_refresh(&next),
+                refresh_token: refresh::encode(&next),
             })
         }
-        ("reuse_detected", ..) => {
+        (RefreshOutcome::ReuseDetected, ..) => {
             tracing::warn!(
                 event = "refresh.reuse_detected",
                 user_id = user,
@@ -385,10 +327,10 @@ pub async fn refresh(
             );
             Err(AuthError::InvalidToken)
         }
-        (reason, ..) => {
+        (outcome, ..) => {
             tracing::info!(
                 event = "refresh.failed",
-                reason,
+                reason = outcome.reason(),
                 user_id = user,
                 session_id = session
             );
@@ -397,53 +339,63 @@ pub async fn refresh(
     }
 }
 
-/// Verifies an access token and writes a `token.rejected` audit row when it is refused.
+/// A bearer route refuses a token: the refusal counts against the source network's window (so
+/// a flood of garbage tokens meets `429`, while a valid token is never slowed by it) and is
+/// audited as a refusal.
+async fn refuse(
+    state: &AppState,
+    route: &'static str,
+    event: AuditEvent<'static>,
+    error: AuthError,
+    client: &Client,
+) -> AuthError {
+    if let Err(limited) = check_source_address(state, client, route).await {
+        return limited;
+    }
+    tracing::info!(
+        event = "token.rejected",
+        reason = event.reason,
+        user_id = event.user_id.map(tracing::field::display),
+        session_id = event.session_id.map(tracing::field::display)
+    );
+    audit(state, event, client).await;
+    error
+}
+
+/// Verifies an access token; a refused one goes through [`refuse`].
 async fn verified(
     state: &AppState,
+    route: &'static str,
     bearer: &str,
     client: &Client,
 ) -> Result<AccessToken, AuthError> {
     match state.tokens.verify(bearer) {
         Ok(token) => Ok(token),
         Err(rejection) => {
-            let reason = rejection.reason();
-            tracing::info!(event = "token.rejected", reason);
-            let _ = store::audit(
-                &state.db,
-                "token.rejected",
-                None,
-                None,
-                Some(reason),
-                state.now(),
-                client,
-            )
-            .await;
-            Err(match rejection {
+            let error = match rejection {
                 TokenRejection::Expired => AuthError::TokenExpired,
                 _ => AuthError::InvalidToken,
-            })
+            };
+            let event = AuditEvent::refusal("token.rejected", rejection.reason());
+            Err(refuse(state, route, event, error, client).await)
         }
     }
 }
 
-async fn refuse(
+/// The refusal of a verified token whose session or user no longer allows it.
+async fn refuse_token(
     state: &AppState,
+    route: &'static str,
     token: &AccessToken,
     reason: &'static str,
     client: &Client,
 ) -> AuthError {
-    tracing::info!(event = "token.rejected", reason, user_id = %token.user_id, session_id = %token.session_id);
-    let _ = store::audit(
-        &state.db,
-        "token.rejected",
-        Some(token.user_id),
-        Some(token.session_id),
-        Some(reason),
-        state.now(),
-        client,
-    )
-    .await;
-    AuthError::InvalidToken
+    let event = AuditEvent {
+        user_id: Some(token.user_id),
+        session_id: Some(token.session_id),
+        ..AuditEvent::refusal("token.rejected", reason)
+    };
+    refuse(state, route, event, AuthError::InvalidToken, client).await
 }
 
 /// The user a bearer token names, re-read with its session in one round trip, so that a
@@ -453,18 +405,20 @@ pub async fn current_user(
     bearer: &str,
     client: &Client,
 ) -> Result<User, AuthError> {
-    let token = verified(state, bearer, client).await?;
+    const ROUTE: &str = "me";
+    let token = verified(state, ROUTE, bearer, client).await?;
     let now = state.now();
     let idle_cutoff = now - state.config.session_idle;
-    match store::session_user(&state.db, token.user_id, token.session_id, now, idle_cutoff)
-        .await
-        .map_err(db_failure)?
-    {
-        SessionUser::Live(user) => Ok(user),
-        SessionUser::Inactive => Err(refuse(state, &token, "user_inactive", client).await),
-        SessionUser::SessionEnded => Err(refuse(state, &token, "session_ended", client).await),
-        SessionUser::Gone => Err(refuse(state, &token, "user_gone", client).await),
-    }
+    let reason =
+        match store::session_user(&state.db, token.user_id, token.session_id, now, idle_cutoff)
+            .await?
+        {
+            SessionUser::Live(user) => return Ok(user),
+            SessionUser::Inactive => "user_inactive",
+            SessionUser::SessionEnded => "session_ended",
+            SessionUser::Gone => "user_gone",
+        };
+    Err(refuse_token(state, ROUTE, &token, reason, client).await)
 }
 
 /// Ends the bearer token's session, or all its user's sessions with `global`. A token whose
@@ -475,7 +429,8 @@ pub async fn logout(
     global: bool,
     client: &Client,
 ) -> Result<(), AuthError> {
-    let token = verified(state, bearer, client).await?;
+    const ROUTE: &str = "logout";
+    let token = verified(state, ROUTE, bearer, client).await?;
     let now = state.now();
     let idle_cutoff = now - state.config.session_idle;
     let ended = store::end_sessions(
@@ -487,10 +442,9 @@ pub async fn logout(
         idle_cutoff,
         client,
     )
-    .await
-    .map_err(db_failure)?;
+    .await?;
     if !ended {
-        return Err(refuse(state, &token, "session_ended", client).await);
+        return Err(refuse_token(state, ROUTE, &token, "session_ended", client).await);
     }
     tracing::info!(event = "logout.succeeded", user_id = %token.user_id, session_id = %token.session_id, global);
     Ok(())

@@ -126,8 +126,15 @@ pub struct Config {
     /// `IP_RATE_LIMIT_PER_MINUTE` (60; 0 turns it off): requests per source address per
     /// sliding minute, shared by register, login and refresh.
     pub ip_rate_limit_per_minute: u32,
-    /// `LOGIN_BACKOFF_AFTER` (5): failed logins of one account before the backoff starts.
+    /// `LOGIN_BACKOFF_AFTER` (5): failed logins of one account from one source network (IPv4
+    /// address, IPv6 /64) before that network's backoff for the account starts.
     pub login_backoff_after: u32,
+    /// `LOGIN_ACCOUNT_BACKOFF_AFTER` (50): failed logins of one account across all networks
+    /// before the account-wide backoff starts.
+    pub login_account_backoff_after: u32,
+    /// `LOGIN_LOCK_AFTER` (100, NIST SP 800-63B-4 §3.2.2): consecutive failed logins after which
+    /// the account refuses password logins (`403 account_locked`) until a reset or an unlock.
+    pub login_lock_after: u32,
     /// `LOGIN_BACKOFF_MAX_SECONDS` (900): the longest backoff.
     pub login_backoff_max: Duration,
     /// `AUDIT_RETENTION_DAYS` (90): `authctl prune` deletes older audit rows and ended sessions.
@@ -206,6 +213,9 @@ impl Config {
             )?),
             ip_rate_limit_per_minute: number("IP_RATE_LIMIT_PER_MINUTE", 60, 0, 1_000_000)? as u32,
             login_backoff_after: number("LOGIN_BACKOFF_AFTER", 5, 1, 1_000)? as u32,
+            login_account_backoff_after: number("LOGIN_ACCOUNT_BACKOFF_AFTER", 50, 1, 10_000)?
+                as u32,
+            login_lock_after: number("LOGIN_LOCK_AFTER", 100, 1, 100_000)? as u32,
             login_backoff_max: Duration::from_secs(number(
                 "LOGIN_BACKOFF_MAX_SECONDS",
                 900,

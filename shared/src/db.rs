@@ -46,6 +46,9 @@ pub enum DbError {
     },
     /// Anything else the server or driver reported (a bug, a schema mismatch).
     Query(tokio_postgres::Error),
+    /// A statement that always returns a row returned none (a bug, never a reason to retry);
+    /// names the store function.
+    NoRow(&'static str),
 }
 
 /// How the server's TLS certificate is checked.
@@ -287,6 +290,15 @@ impl Db {
             }
             other => other.map_err(|f| f.into_error(false)),
         }
+    }
+
+    /// Runs one statement once, without the retry: for best-effort writes (the audit of a
+    /// refusal) whose repetition after a lost answer would be worse than their loss.
+    pub async fn query_once(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, DbError> {
+        let deadline = Instant::now() + self.timeout;
+        self.attempt(sql, params, deadline)
+            .await
+            .map_err(|f| f.into_error(false))
     }
 
     /// Like [`Db::query`], for statements that return at most one row.

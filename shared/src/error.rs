@@ -27,6 +27,9 @@ pub enum AuthError {
     InvalidCredentials,
     /// 403: the password was right but the account is disabled.
     AccountDisabled,
+    /// 403: too many consecutive failed logins; only a password reset (or an operator's
+    /// `authctl unlock`) lets a password log in again. Same answer whatever password was sent.
+    AccountLocked,
     /// 401: no `Authorization: Bearer` header.
     MissingToken,
     /// 401: the bearer token is malformed, forged, for someone else, or its user is gone.
@@ -54,7 +57,7 @@ impl AuthError {
             | Self::MissingToken
             | Self::InvalidToken
             | Self::TokenExpired => 401,
-            Self::AccountDisabled => 403,
+            Self::AccountDisabled | Self::AccountLocked => 403,
             Self::TooManyRequests { .. } => 429,
             Self::ServiceUnavailable { .. } => 503,
             Self::Internal => 500,
@@ -74,6 +77,7 @@ impl AuthError {
             Self::EmailTaken => "email_taken",
             Self::InvalidCredentials => "invalid_credentials",
             Self::AccountDisabled => "account_disabled",
+            Self::AccountLocked => "account_locked",
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
             Self::TokenExpired => "token_expired",
@@ -115,6 +119,10 @@ impl AuthError {
             Self::EmailTaken => "An account with this email already exists.".into(),
             Self::InvalidCredentials => "The email or password is incorrect.".into(),
             Self::AccountDisabled => "This account is disabled.".into(),
+            Self::AccountLocked => {
+                "This account is locked after too many failed sign-in attempts; reset the password to unlock it."
+                    .into()
+            }
             Self::MissingToken => "This resource needs an `Authorization: Bearer` access token.".into(),
             Self::InvalidToken => "The access token is not valid.".into(),
             Self::TokenExpired => "The access token has expired.".into(),
@@ -143,6 +151,31 @@ impl fmt::Display for AuthError {
 }
 
 impl std::error::Error for AuthError {}
+
+/// The one boundary between the store and the operations: an unreachable database is a 503
+/// the client may retry; anything else is a bug or a schema mismatch, logged here and a 500.
+impl From<crate::db::DbError> for AuthError {
+    fn from(error: crate::db::DbError) -> Self {
+        use crate::db::{DbError, RETRY_AFTER_SECS};
+        match error {
+            DbError::Unavailable => Self::ServiceUnavailable {
+                retry_after_secs: RETRY_AFTER_SECS,
+            },
+            DbError::NoRow(statement) => {
+                tracing::error!(statement, "statement returned no row");
+                Self::Internal
+            }
+            DbError::UniqueViolation { constraint, .. } => {
+                tracing::error!(constraint, "unexpected unique violation");
+                Self::Internal
+            }
+            DbError::Query(error) => {
+                tracing::error!(error = crate::db::describe(&error), "database query failed");
+                Self::Internal
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@ pub mod email;
 pub mod error;
 pub mod http;
 pub mod password;
+pub mod refresh;
 #[cfg(feature = "migrations")]
 pub mod schema;
 pub mod store;

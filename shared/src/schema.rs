@@ -190,7 +190,14 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
             differences.push(format!("table {table}: missing (run `authctl migrate`)"));
         }
     }
-    for function in ["auth_refresh", "auth_ip_allow"] {
+    for function in [
+        "auth_refresh",
+        "auth_ip_allow",
+        "auth_login_attempt",
+        "auth_end_sessions",
+        "auth_refusal",
+        "auth_backoff",
+    ] {
         let found = client
             .query_one(
                 "SELECT count(*) > 0 FROM pg_proc WHERE proname = $1::text",

@@ -18,6 +18,28 @@ pub struct Client {
     pub user_agent: Option<String>,
 }
 
+impl Client {
+    /// The source network the limits key by: the IPv4 address, or the IPv6 /64 (one
+    /// subscriber's usual allocation, so rotating addresses inside it gains nothing).
+    /// `unknown` without a source address.
+    pub fn network(&self) -> String {
+        use std::net::IpAddr;
+        match self.source_ip.as_deref().map(str::parse::<IpAddr>) {
+            None => "unknown".to_owned(),
+            Some(Ok(IpAddr::V4(v4))) => v4.to_string(),
+            Some(Ok(IpAddr::V6(v6))) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => {
+                    let s = v6.segments();
+                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+                }
+            },
+            // API Gateway always sends an address; anything else is kept as it came.
+            Some(Err(_)) => self.source_ip.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// A user as stored, without the password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -96,7 +118,7 @@ pub async fn insert_user(
         .await;
     match inserted {
         Ok(Some(row)) => user_from(&row).map_err(InsertError::Db),
-        Ok(None) => Err(InsertError::Db(DbError::Unavailable)),
+        Ok(None) => Err(InsertError::Db(DbError::NoRow("insert_user"))),
         Err(DbError::UniqueViolation { retried: true, .. }) => match find_by_id(db, id).await {
             Ok(Some(user)) if user.email == email.as_str() => Ok(user),
             Ok(_) => Err(InsertError::EmailTaken),
@@ -107,61 +129,86 @@ pub async fn insert_user(
     }
 }
 
-/// Whether a login attempt was counted against its throttle key.
+/// How a login attempt stood with the limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
-    /// Counted as a failure until it succeeds (a success deletes the key's row).
+    /// Counted as a failure of the account and of the source network until it succeeds (a
+    /// success deletes both counts).
     Counted,
-    /// The key is in a backoff until then (if known): the attempt was neither checked nor counted.
+    /// The account, or the account from this network, is in a backoff until then: the attempt
+    /// was neither checked nor counted.
     Blocked(Option<DateTime<Utc>>),
+    /// The account refuses password logins until a reset: the attempt was neither checked nor
+    /// counted.
+    Locked,
 }
 
-/// What login needs, in one round trip and atomically: the account with this normalized email
-/// (if the email is valid and the account exists), and the attempt counted against the
-/// throttle key unless the key is in a backoff. Counting before the password is checked is what
-/// makes the backoff hold against parallel guesses: the attempt that reaches the limit starts the
-/// wait for every attempt after it, whichever instance serves them. From the `after`-th
-/// consecutive failure on, the wait doubles from 1 s up to `max_secs`.
+/// The thresholds of the login limits (docs/api.md "Limits against guessing").
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Failures of one account from one network before its backoff starts.
+    pub network_after: u32,
+    /// Failures of one account across all networks before the account-wide backoff starts.
+    pub account_after: u32,
+    /// Consecutive failures of one account after which it is locked.
+    pub lock_after: u32,
+    /// The longest backoff, in seconds.
+    pub max_secs: f64,
+}
+
+/// The key of an account's backoff rows: SHA-256 of the normalized email, or of the trimmed,
+/// lower-cased input when it is no valid email, so unknown addresses are limited alike and raw
+/// input is never stored.
+pub fn account_key(email: Option<&Email>, raw: &str) -> Vec<u8> {
+    let basis = email.map_or_else(|| raw.trim().to_lowercase(), |e| e.as_str().to_owned());
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, basis.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// What login needs, in one round trip and atomically (`auth_login_attempt` in migrations/V3):
+/// the account with this normalized email (if the email is valid and the account exists), and
+/// the attempt counted against the account's and the source network's backoff unless either
+/// is waiting or the account is locked. `attempt` names this attempt, so a retry after a lost
+/// answer is not counted twice.
+#[allow(clippy::too_many_arguments)]
 pub async fn login_attempt(
     db: &Db,
     email: Option<&Email>,
-    throttle_key: &[u8],
-    after: u32,
-    max_secs: f64,
+    account: &[u8],
+    network: &str,
+    attempt: Uuid,
+    limits: LoginLimits,
     now: DateTime<Utc>,
 ) -> Result<(Option<UserWithHash>, Attempt), DbError> {
     let email = email.map(Email::as_str);
-    let after = i32::try_from(after).unwrap_or(i32::MAX);
     let row = db
         .query_opt(
-            "WITH t AS (INSERT INTO login_throttle AS l (key, failures, blocked_until, updated_at) \
-                        VALUES ($2, 1, CASE WHEN 1 >= $3 THEN $5 + make_interval(secs => LEAST(1, $4)) END, $5) \
-                        ON CONFLICT (key) DO UPDATE SET \
-                          failures = l.failures + 1, \
-                          blocked_until = CASE WHEN l.failures + 1 >= $3 \
-                            THEN $5 + make_interval(secs => LEAST(power(2, l.failures + 1 - $3), $4)) END, \
-                          updated_at = $5 \
-                        WHERE l.blocked_until IS NULL OR l.blocked_until <= $5 \
-                        RETURNING 1) \
-             SELECT u.id, u.email, u.is_active, u.created_at, u.hashed_password, \
-                    EXISTS (SELECT 1 FROM t) AS counted, \
-                    (SELECT blocked_until FROM login_throttle WHERE key = $2) AS blocked_until \
-             FROM (SELECT $1::text AS email) q LEFT JOIN users u ON u.email = q.email",
+            "SELECT outcome, retry_until, id, email, is_active, created_at, hashed_password \
+             FROM auth_login_attempt($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 (&email, Type::TEXT),
-                (&throttle_key, Type::BYTEA),
-                (&after, Type::INT4),
-                (&max_secs, Type::FLOAT8),
+                (&account, Type::BYTEA),
+                (&network, Type::TEXT),
+                (&attempt, Type::UUID),
+                (&int(limits.network_after), Type::INT4),
+                (&int(limits.account_after), Type::INT4),
+                (&int(limits.lock_after), Type::INT4),
+                (&limits.max_secs, Type::FLOAT8),
                 (&now, Type::TIMESTAMPTZ),
             ],
         )
         .await?
-        .ok_or(DbError::Unavailable)?;
-    let counted: bool = row.try_get("counted").map_err(DbError::Query)?;
-    let attempt = if counted {
-        Attempt::Counted
-    } else {
-        Attempt::Blocked(row.try_get("blocked_until").map_err(DbError::Query)?)
+        .ok_or(DbError::NoRow("login_attempt"))?;
+    let outcome: String = row.try_get("outcome").map_err(DbError::Query)?;
+    let attempt = match outcome.as_str() {
+        "counted" => Attempt::Counted,
+        "blocked" => Attempt::Blocked(row.try_get("retry_until").map_err(DbError::Query)?),
+        _ => Attempt::Locked,
     };
     let id: Option<Uuid> = row.try_get("id").map_err(DbError::Query)?;
     let user = match id {
@@ -172,6 +219,35 @@ pub async fn login_attempt(
         }),
     };
     Ok((user, attempt))
+}
+
+/// Lifts the lock and every backoff of the account with this email (`authctl unlock`; a
+/// password reset later), with an audit row. Returns whether the account exists.
+pub async fn unlock(
+    db: &Db,
+    email: &Email,
+    now: DateTime<Utc>,
+    client: &Client,
+) -> Result<bool, DbError> {
+    let account = account_key(Some(email), email.as_str());
+    let row = db
+        .query_opt(
+            "WITH u AS (SELECT id FROM users WHERE email = $1), \
+                  t AS (DELETE FROM login_throttle WHERE account = $2), \
+                  e AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent, reason) \
+                        SELECT $3, 'account.unlocked', id, $4, $5, 'operator' FROM u) \
+             SELECT EXISTS (SELECT 1 FROM u) AS found",
+            &[
+                (&email.as_str(), Type::TEXT),
+                (&account.as_slice(), Type::BYTEA),
+                (&now, Type::TIMESTAMPTZ),
+                (&client.source_ip, Type::TEXT),
+                (&client.user_agent, Type::TEXT),
+            ],
+        )
+        .await?
+        .ok_or(DbError::NoRow("unlock"))?;
+    row.try_get("found").map_err(DbError::Query)
 }
 
 /// The user with this id.
@@ -204,62 +280,111 @@ pub async fn update_password_hash(
 }
 
 /// A login succeeded: start the session with its first refresh token, clear the account's
-/// backoff and write the audit row.
+/// backoff (account-wide and this network's) and write the audit row. The session id is
+/// chosen by the caller, so a retry after a lost answer finds its own session instead of
+/// failing on it.
 #[allow(clippy::too_many_arguments)]
 pub async fn start_session(
     db: &Db,
     user_id: Uuid,
     session_id: Uuid,
     refresh_hash: &[u8],
-    throttle_key: &[u8],
+    account: &[u8],
+    network: &str,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     client: &Client,
 ) -> Result<(), DbError> {
-    db.query(
-        "WITH s AS (INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at) \
-                    VALUES ($1, $2, $4, $4, $5) RETURNING id), \
-              r AS (INSERT INTO refresh_tokens (hash, session_id, issued_at) SELECT $3, id, $4 FROM s), \
-              t AS (DELETE FROM login_throttle WHERE key = $6), \
-              e AS (INSERT INTO auth_events (occurred_at, event, user_id, session_id, source_ip, user_agent) \
-                    SELECT $4, 'login.succeeded', $2, id, $7, $8 FROM s) \
-         SELECT id FROM s",
-        &[
-            (&session_id, Type::UUID),
-            (&user_id, Type::UUID),
-            (&refresh_hash, Type::BYTEA),
-            (&now, Type::TIMESTAMPTZ),
-            (&expires_at, Type::TIMESTAMPTZ),
-            (&throttle_key, Type::BYTEA),
-            (&client.source_ip, Type::TEXT),
-            (&client.user_agent, Type::TEXT),
-        ],
-    )
-    .await?;
-    Ok(())
+    let row = db
+        .query_opt(
+            "WITH s AS (INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at) \
+                        VALUES ($1, $2, $4, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id), \
+                  r AS (INSERT INTO refresh_tokens (hash, session_id, issued_at) SELECT $3, id, $4 FROM s), \
+                  t AS (DELETE FROM login_throttle WHERE account = $6 AND network IN ('*', $7)), \
+                  e AS (INSERT INTO auth_events (occurred_at, event, user_id, session_id, source_ip, user_agent) \
+                        SELECT $4, 'login.succeeded', $2, id, $8, $9 FROM s) \
+             SELECT EXISTS (SELECT 1 FROM s) \
+                 OR EXISTS (SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2) AS started",
+            &[
+                (&session_id, Type::UUID),
+                (&user_id, Type::UUID),
+                (&refresh_hash, Type::BYTEA),
+                (&now, Type::TIMESTAMPTZ),
+                (&expires_at, Type::TIMESTAMPTZ),
+                (&account, Type::BYTEA),
+                (&network, Type::TEXT),
+                (&client.source_ip, Type::TEXT),
+                (&client.user_agent, Type::TEXT),
+            ],
+        )
+        .await?
+        .ok_or(DbError::NoRow("start_session"))?;
+    match row.try_get("started").map_err(DbError::Query)? {
+        true => Ok(()),
+        false => Err(DbError::NoRow("start_session")),
+    }
 }
 
-/// One audit row for an event that changes nothing else.
+/// An audit row for an event that changes nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditEvent<'a> {
+    /// The dotted event name (`login.failed`, …).
+    pub event: &'static str,
+    /// Why, for failures.
+    pub reason: Option<&'a str>,
+    /// The account, when known.
+    pub user_id: Option<Uuid>,
+    /// The session, when known.
+    pub session_id: Option<Uuid>,
+    /// A refused request: counted into one row per (network, event, reason, account) and
+    /// minute, so that a flood cannot grow the table faster than the address window allows.
+    pub refusal: bool,
+}
+
+impl AuditEvent<'_> {
+    /// A refused request's event.
+    pub fn refusal(event: &'static str, reason: &'static str) -> AuditEvent<'static> {
+        AuditEvent {
+            event,
+            reason: Some(reason),
+            user_id: None,
+            session_id: None,
+            refusal: true,
+        }
+    }
+}
+
+/// Writes one audit row, once: never retried, since the row is best effort and a retry after
+/// a lost answer would write it twice.
 pub async fn audit(
     db: &Db,
-    event: &str,
-    user_id: Option<Uuid>,
-    session_id: Option<Uuid>,
-    reason: Option<&str>,
+    event: &AuditEvent<'_>,
     now: DateTime<Utc>,
     client: &Client,
 ) -> Result<(), DbError> {
-    db.query(
-        "INSERT INTO auth_events (occurred_at, event, user_id, session_id, source_ip, user_agent, reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    let sql = if event.refusal {
+        "SELECT auth_refusal($1, $2, $3, $4, $5, $6, $7)"
+    } else {
+        "INSERT INTO auth_events (occurred_at, event, reason, user_id, session_id, source_ip, user_agent) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    };
+    // A refusal is recorded by its network, so that rotating addresses inside one IPv6 /64
+    // cannot make a row per request.
+    let source = if event.refusal {
+        client.source_ip.as_ref().map(|_| client.network())
+    } else {
+        client.source_ip.clone()
+    };
+    db.query_once(
+        sql,
         &[
             (&now, Type::TIMESTAMPTZ),
-            (&event, Type::TEXT),
-            (&user_id, Type::UUID),
-            (&session_id, Type::UUID),
-            (&client.source_ip, Type::TEXT),
+            (&event.event, Type::TEXT),
+            (&event.reason, Type::TEXT),
+            (&event.user_id, Type::UUID),
+            (&event.session_id, Type::UUID),
+            (&source, Type::TEXT),
             (&client.user_agent, Type::TEXT),
-            (&reason, Type::TEXT),
         ],
     )
     .await?;
@@ -309,7 +434,8 @@ pub async fn session_user(
 }
 
 /// Ends the token's session, or with `global` every session of its user, if the token's own
-/// session is still live; writes the audit row. Returns whether it was live.
+/// session is still live; writes the audit row. Returns whether it was live (also when this is
+/// the retry of a call that ended it). See `auth_end_sessions` in migrations/V3.
 #[allow(clippy::too_many_arguments)]
 pub async fn end_sessions(
     db: &Db,
@@ -320,18 +446,9 @@ pub async fn end_sessions(
     idle_cutoff: DateTime<Utc>,
     client: &Client,
 ) -> Result<bool, DbError> {
-    let scope = if global { "global" } else { "session" };
-    let rows = db
-        .query(
-            "WITH live AS (SELECT s.id FROM sessions s JOIN users u ON u.id = s.user_id \
-                           WHERE s.id = $2 AND s.user_id = $1 AND u.is_active AND s.ended_at IS NULL \
-                             AND s.expires_at > $4 AND s.last_used_at > $5 FOR UPDATE OF s), \
-                  ended AS (UPDATE sessions s SET ended_at = $4, ended_reason = 'logout' FROM live \
-                            WHERE s.ended_at IS NULL AND (s.id = live.id OR ($3 AND s.user_id = $1)) \
-                            RETURNING s.id), \
-                  e AS (INSERT INTO auth_events (occurred_at, event, user_id, session_id, source_ip, user_agent, reason) \
-                        SELECT $4, 'logout.succeeded', $1, id, $6, $7, $8 FROM live) \
-             SELECT id FROM live",
+    let row = db
+        .query_opt(
+            "SELECT auth_end_sessions($1, $2, $3, $4, $5, $6, $7) AS ended",
             &[
                 (&user_id, Type::UUID),
                 (&session_id, Type::UUID),
@@ -340,19 +457,74 @@ pub async fn end_sessions(
                 (&idle_cutoff, Type::TIMESTAMPTZ),
                 (&client.source_ip, Type::TEXT),
                 (&client.user_agent, Type::TEXT),
-                (&scope, Type::TEXT),
             ],
         )
-        .await?;
-    Ok(!rows.is_empty())
+        .await?
+        .ok_or(DbError::NoRow("end_sessions"))?;
+    row.try_get("ended").map_err(DbError::Query)
 }
 
-/// What presenting a refresh token came to (see `auth_refresh` in migrations/V2).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshOutcome {
-    /// `rotated`, `grace`, `reuse_detected`, `unknown_token`, `session_ended`,
-    /// `user_inactive`, `session_expired` or `session_idle`.
-    pub outcome: String,
+/// What presenting a refresh token came to (see `auth_refresh` in migrations/V3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// Rotated: the successor is now the session's live token.
+    Rotated,
+    /// Presented again inside the grace window while its successor is still live.
+    Grace,
+    /// Presented again inside the grace window, but its successor was rotated too (or was
+    /// derived under another key): refused, the session lives on.
+    GraceSuperseded,
+    /// Presented after the grace window: the session was ended.
+    ReuseDetected,
+    /// No such token.
+    UnknownToken,
+    /// The session had ended.
+    SessionEnded,
+    /// The user is disabled or gone.
+    UserInactive,
+    /// The session reached its absolute limit (and was ended).
+    SessionExpired,
+    /// The session was idle too long (and was ended).
+    SessionIdle,
+}
+
+impl RefreshOutcome {
+    fn parse(outcome: &str) -> Result<Self, DbError> {
+        Ok(match outcome {
+            "rotated" => Self::Rotated,
+            "grace" => Self::Grace,
+            "grace_superseded" => Self::GraceSuperseded,
+            "reuse_detected" => Self::ReuseDetected,
+            "unknown_token" => Self::UnknownToken,
+            "session_ended" => Self::SessionEnded,
+            "user_inactive" => Self::UserInactive,
+            "session_expired" => Self::SessionExpired,
+            "session_idle" => Self::SessionIdle,
+            _ => return Err(DbError::NoRow("refresh: unknown outcome")),
+        })
+    }
+
+    /// The reason as the audit log and the logs name it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Rotated => "rotated",
+            Self::Grace => "grace_window",
+            Self::GraceSuperseded => "grace_superseded",
+            Self::ReuseDetected => "reuse_detected",
+            Self::UnknownToken => "unknown_token",
+            Self::SessionEnded => "session_ended",
+            Self::UserInactive => "user_inactive",
+            Self::SessionExpired => "session_expired",
+            Self::SessionIdle => "session_idle",
+        }
+    }
+}
+
+/// A presented refresh token's outcome, with its session and user when the token was known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refreshed {
+    /// What happened.
+    pub outcome: RefreshOutcome,
     /// The session, when the token was known.
     pub session_id: Option<Uuid>,
     /// Its user, when the token was known.
@@ -361,6 +533,8 @@ pub struct RefreshOutcome {
 
 /// Presents a refresh token (by hash): rotates it to `successor_hash`, or recognizes a race
 /// inside the grace window, or a reuse after it (ending the session); writes the audit row.
+/// A retry after a lost answer finds the token rotated at its own `now`, which is inside any
+/// grace window, and gets the same successor.
 #[allow(clippy::too_many_arguments)]
 pub async fn refresh(
     db: &Db,
@@ -370,7 +544,7 @@ pub async fn refresh(
     grace_secs: f64,
     idle_secs: f64,
     client: &Client,
-) -> Result<RefreshOutcome, DbError> {
+) -> Result<Refreshed, DbError> {
     let row = db
         .query_opt(
             "SELECT outcome, session_id, user_id FROM auth_refresh($1, $2, $3, make_interval(secs => $4), \
@@ -386,34 +560,37 @@ pub async fn refresh(
             ],
         )
         .await?
-        .ok_or(DbError::Unavailable)?;
-    Ok(RefreshOutcome {
-        outcome: row.try_get("outcome").map_err(DbError::Query)?,
+        .ok_or(DbError::NoRow("refresh"))?;
+    let outcome: String = row.try_get("outcome").map_err(DbError::Query)?;
+    Ok(Refreshed {
+        outcome: RefreshOutcome::parse(&outcome)?,
         session_id: row.try_get("session_id").map_err(DbError::Query)?,
         user_id: row.try_get("user_id").map_err(DbError::Query)?,
     })
 }
 
-/// Counts a request against its source address's sliding one-minute window, unless the window
-/// is full; then returns the seconds until a slot frees.
+/// Counts a request against its source network's sliding one-minute window (the IPv4
+/// address, or the IPv6 /64), unless the window is full; then returns the seconds until a slot
+/// frees. `request` names the request, so a retry after a lost answer is not counted twice.
 pub async fn ip_allow(
     db: &Db,
-    source_ip: &str,
+    network: &str,
     limit: u32,
+    request: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Option<u64>, DbError> {
-    let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let row = db
         .query_opt(
-            "SELECT allowed, retry_after_secs FROM auth_ip_allow($1, $2, $3)",
+            "SELECT allowed, retry_after_secs FROM auth_ip_allow($1, $2, $3, $4)",
             &[
-                (&source_ip, Type::TEXT),
-                (&limit, Type::INT4),
+                (&network, Type::TEXT),
+                (&int(limit), Type::INT4),
                 (&now, Type::TIMESTAMPTZ),
+                (&request, Type::UUID),
             ],
         )
         .await?
-        .ok_or(DbError::Unavailable)?;
+        .ok_or(DbError::NoRow("ip_allow"))?;
     let allowed: bool = row.try_get("allowed").map_err(DbError::Query)?;
     let wait: i32 = row.try_get("retry_after_secs").map_err(DbError::Query)?;
     Ok((!allowed).then(|| u64::try_from(wait.max(1)).unwrap_or(1)))
@@ -467,21 +644,35 @@ pub struct Pruned {
     pub events: u64,
     /// Sessions that ended or expired before the retention.
     pub sessions: u64,
+    /// Address-window rows that slid out of their minute.
+    pub ip_requests: u64,
+    /// Backoff rows nobody needs any more.
+    pub throttles: u64,
 }
 
-/// Deletes audit rows and finished sessions older than `cutoff`, and limiter rows nobody needs.
+/// Deletes what has expired: audit rows and finished sessions older than `cutoff`, address
+/// windows past their minute, and backoff rows whose wait is over and that have been quiet for
+/// a day (a day without failures forgets the count); a lock is kept until `cutoff`.
 pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result<Pruned, DbError> {
     let row = db
         .query_opt(
             "WITH e AS (DELETE FROM auth_events WHERE occurred_at < $1 RETURNING 1), \
                   s AS (DELETE FROM sessions WHERE coalesce(ended_at, expires_at) < $1 RETURNING 1), \
-                  i AS (DELETE FROM ip_requests WHERE at < $2 - interval '2 minutes'), \
-                  t AS (DELETE FROM login_throttle WHERE updated_at < $1) \
-             SELECT (SELECT count(*) FROM e) AS events, (SELECT count(*) FROM s) AS sessions",
-            &[(&cutoff, Type::TIMESTAMPTZ), (&now, Type::TIMESTAMPTZ)],
+                  i AS (DELETE FROM ip_requests WHERE at <= $2 - interval '1 minute' RETURNING 1), \
+                  t AS (DELETE FROM login_throttle \
+                        WHERE updated_at < $1 \
+                           OR (updated_at < $2 - interval '1 day' \
+                               AND coalesce(blocked_until, '-infinity') <= $2 AND locked_at IS NULL) \
+                        RETURNING 1) \
+             SELECT (SELECT count(*) FROM e) AS events, (SELECT count(*) FROM s) AS sessions, \
+                    (SELECT count(*) FROM i) AS ip_requests, (SELECT count(*) FROM t) AS throttles",
+            &[
+                (&cutoff, Type::TIMESTAMPTZ),
+                (&now, Type::TIMESTAMPTZ),
+            ],
         )
         .await?
-        .ok_or(DbError::Unavailable)?;
+        .ok_or(DbError::NoRow("prune"))?;
     let count = |name: &str| -> Result<u64, DbError> {
         let n: i64 = row.try_get(name).map_err(DbError::Query)?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -489,5 +680,44 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result
     Ok(Pruned {
         events: count("events")?,
         sessions: count("sessions")?,
+        ip_requests: count("ip_requests")?,
+        throttles: count("throttles")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(ip: &str) -> String {
+        Client {
+            source_ip: Some(ip.to_owned()),
+            user_agent: None,
+        }
+        .network()
+    }
+
+    #[test]
+    fn limits_key_ipv4_by_address_and_ipv6_by_its_64() {
+        assert_eq!(network("203.0.113.7"), "203.0.113.7");
+        assert_eq!(network("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            network("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            "2001:db8:1:2::/64"
+        );
+        assert_ne!(network("2001:db8:1:3::1"), "2001:db8:1:2::/64");
+        assert_eq!(network("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(Client::default().network(), "unknown");
+    }
+
+    #[test]
+    fn the_account_key_is_the_normalized_email_or_the_trimmed_lowercased_input() {
+        let email = Email::parse("Ann@Example.com").expect("valid");
+        assert_eq!(
+            account_key(Some(&email), "Ann@Example.com"),
+            account_key(None, "  ann@example.com ")
+        );
+        assert_ne!(account_key(None, "a"), account_key(None, "b"));
+        assert_eq!(account_key(None, "x").len(), 32);
+    }
 }

@@ -336,22 +336,40 @@ async fn the_backoff_is_capped_and_unknown_emails_are_limited_alike() {
         }
     }
     assert_eq!(last, 900, "capped at LOGIN_BACKOFF_MAX_SECONDS");
-    // Keyed by the normalized form: another spelling is the same key.
-    assert!(matches!(
+    // Keyed by the normalized form: another spelling is the same key, so right after its
+    // counted failure the first spelling has to wait.
+    advance(&clock, Duration::seconds(900));
+    assert_eq!(
         auth::login(&state, creds("nobody.here@example.com", "x"), &nobody())
             .await
             .err(),
-        Some(AuthError::InvalidCredentials | AuthError::TooManyRequests { .. })
+        Some(AuthError::InvalidCredentials)
+    );
+    assert!(matches!(
+        auth::login(&state, creds(unknown, "x"), &nobody())
+            .await
+            .err(),
+        Some(AuthError::TooManyRequests { .. })
     ));
-    let keys = psql(&state)
+    let rows = psql(&state)
         .await
-        .query("SELECT key FROM login_throttle", &[])
+        .query(
+            "SELECT account, network FROM login_throttle ORDER BY network",
+            &[],
+        )
         .await
         .expect("q");
+    let accounts: std::collections::HashSet<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+    let networks: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
     assert_eq!(
-        keys.len(),
+        accounts.len(),
         1,
         "one key for both spellings, and no raw input stored"
+    );
+    assert_eq!(
+        networks,
+        ["*", "unknown"],
+        "the account-wide row and the network's"
     );
 }
 

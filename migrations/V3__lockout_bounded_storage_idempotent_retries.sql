@@ -21,8 +21,9 @@ CREATE TABLE login_throttle (
 );
 CREATE INDEX login_throttle_updated_at_idx ON login_throttle (updated_at);
 
--- A counted request names itself, for the same reason.
+-- A counted request, and the logout that ended a session, name themselves, for the same reason.
 ALTER TABLE ip_requests ADD COLUMN request_id uuid;
+ALTER TABLE sessions ADD COLUMN ended_by uuid;
 CREATE INDEX ip_requests_at_idx ON ip_requests (at);
 
 -- Refusals are audited once per (address, event, reason, account when known) and minute, with
@@ -143,10 +144,10 @@ DROP FUNCTION auth_ip_allow(text, integer, timestamptz);
 -- Ends a session, or every session of its user, if the named session is live. The user's row
 -- is locked first, so two global logouts of one user take turns instead of each locking its
 -- own session and then waiting for the other's (a deadlock). A retry of a logout that
--- committed finds its own session ended at its own `p_now` and answers as the first try did.
+-- committed finds its own session ended by its own `p_request` and answers as the first try did.
 CREATE FUNCTION auth_end_sessions(
     p_user_id uuid, p_session_id uuid, p_global boolean, p_now timestamptz, p_idle_cutoff timestamptz,
-    p_source_ip text, p_user_agent text
+    p_request uuid, p_source_ip text, p_user_agent text
 ) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -161,12 +162,12 @@ BEGIN
         RETURN false;
     END IF;
     IF s.ended_at IS NOT NULL THEN
-        RETURN s.ended_reason = 'logout' AND s.ended_at = p_now;
+        RETURN s.ended_by IS NOT DISTINCT FROM p_request;
     END IF;
     IF s.expires_at <= p_now OR s.last_used_at <= p_idle_cutoff THEN
         RETURN false;
     END IF;
-    UPDATE sessions x SET ended_at = p_now, ended_reason = 'logout'
+    UPDATE sessions x SET ended_at = p_now, ended_reason = 'logout', ended_by = p_request
     WHERE x.ended_at IS NULL AND (x.id = p_session_id OR (p_global AND x.user_id = p_user_id));
     INSERT INTO auth_events (occurred_at, event, user_id, session_id, source_ip, user_agent, reason)
     VALUES (p_now, 'logout.succeeded', p_user_id, p_session_id, p_source_ip, p_user_agent,

@@ -440,6 +440,7 @@ pub async fn logout(
         global,
         now,
         idle_cutoff,
+        Uuid::new_v4(),
         client,
     )
     .await?;

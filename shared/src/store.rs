@@ -435,7 +435,8 @@ pub async fn session_user(
 
 /// Ends the token's session, or with `global` every session of its user, if the token's own
 /// session is still live; writes the audit row. Returns whether it was live (also when this is
-/// the retry of a call that ended it). See `auth_end_sessions` in migrations/V3.
+/// the retry of a call that ended it: `request` names the call). See `auth_end_sessions` in
+/// migrations/V3.
 #[allow(clippy::too_many_arguments)]
 pub async fn end_sessions(
     db: &Db,
@@ -444,17 +445,19 @@ pub async fn end_sessions(
     global: bool,
     now: DateTime<Utc>,
     idle_cutoff: DateTime<Utc>,
+    request: Uuid,
     client: &Client,
 ) -> Result<bool, DbError> {
     let row = db
         .query_opt(
-            "SELECT auth_end_sessions($1, $2, $3, $4, $5, $6, $7) AS ended",
+            "SELECT auth_end_sessions($1, $2, $3, $4, $5, $6, $7, $8) AS ended",
             &[
                 (&user_id, Type::UUID),
                 (&session_id, Type::UUID),
                 (&global, Type::BOOL),
                 (&now, Type::TIMESTAMPTZ),
                 (&idle_cutoff, Type::TIMESTAMPTZ),
+                (&request, Type::UUID),
                 (&client.source_ip, Type::TEXT),
                 (&client.user_agent, Type::TEXT),
             ],

@@ -403,6 +403,154 @@ async fn a_registration_whose_answer_was_lost_is_retried_without_a_false_email_t
     );
 }
 
+/// A state behind the proxy with one registered account and its connection open, and the
+/// direct connection for inspecting rows. After `proxy.cut_open_connections()` the next
+/// statement runs on the server but its answer is lost, and `Db` retries it on a new connection.
+async fn behind_the_proxy(c: &Cluster) -> (AppState, Proxy, tokio_postgres::Client, String) {
+    let (db, direct) = c.database().await;
+    let proxy = Proxy::start(c.port).await;
+    let s = state(&c.url("127.0.0.1", proxy.port, &db, "sslmode=disable"), &[]);
+    let email = unique_email();
+    common::register(&s, creds(&email))
+        .await
+        .expect("a first registration opens the connection");
+    (s, proxy, direct, email)
+}
+
+async fn count(direct: &tokio_postgres::Client, sql: &str) -> i64 {
+    direct.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+#[tokio::test]
+async fn a_failed_login_whose_answer_was_lost_is_counted_once() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email) = behind_the_proxy(&Cluster::get()).await;
+    proxy.cut_open_connections();
+    let wrong = Credentials {
+        email,
+        password: "not the password at all 1".into(),
+    };
+    assert_eq!(
+        common::login(&s, wrong).await.err(),
+        Some(AuthError::InvalidCredentials)
+    );
+    assert_eq!(
+        count(&direct, "SELECT sum(failures) FROM login_throttle").await,
+        2,
+        "one failure on the account-wide row and one on the network's"
+    );
+}
+
+#[tokio::test]
+async fn a_session_start_whose_answer_was_lost_finds_its_own_session() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email) = behind_the_proxy(&Cluster::get()).await;
+    let user_id: uuid::Uuid = direct
+        .query_one("SELECT id FROM users WHERE email = $1", &[&email])
+        .await
+        .expect("user")
+        .get(0);
+    proxy.cut_open_connections();
+    let now = chrono::Utc::now();
+    let session_id = uuid::Uuid::new_v4();
+    let raw = shared::refresh::generate();
+    shared::store::start_session(
+        &s.db,
+        user_id,
+        session_id,
+        &shared::refresh::hash(&raw),
+        &shared::store::account_key(None, &email),
+        "unknown",
+        now,
+        now + chrono::Duration::days(1),
+        &shared::store::Client::default(),
+    )
+    .await
+    .expect("the retry recognizes its own session");
+    assert_eq!(count(&direct, "SELECT count(*) FROM sessions").await, 1);
+    assert_eq!(
+        count(&direct, "SELECT count(*) FROM refresh_tokens").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM auth_events WHERE event = 'login.succeeded'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_logout_whose_answer_was_lost_answers_as_the_first_try() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email) = behind_the_proxy(&Cluster::get()).await;
+    let tokens = common::login(&s, creds(&email)).await.expect("login");
+    proxy.cut_open_connections();
+    shared::auth::logout(
+        &s,
+        &tokens.access.token,
+        false,
+        &shared::store::Client::default(),
+    )
+    .await
+    .expect("the logout that ended the session succeeds");
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM sessions WHERE ended_reason = 'logout'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM auth_events WHERE event = 'logout.succeeded'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        common::current_user(&s, &tokens.access.token).await.err(),
+        Some(AuthError::InvalidToken)
+    );
+}
+
+#[tokio::test]
+async fn a_request_whose_window_answer_was_lost_is_counted_once() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, _) = behind_the_proxy(&Cluster::get()).await;
+    let from = shared::store::Client {
+        source_ip: Some("198.51.100.7".into()),
+        user_agent: None,
+    };
+    proxy.cut_open_connections();
+    shared::auth::check_source_address(&s, &from, "login")
+        .await
+        .expect("allowed");
+    assert_eq!(count(&direct, "SELECT count(*) FROM ip_requests").await, 1);
+}
+
+#[tokio::test]
+async fn a_refresh_whose_answer_was_lost_gets_the_successor_it_committed() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email) = behind_the_proxy(&Cluster::get()).await;
+    let tokens = common::login(&s, creds(&email)).await.expect("login");
+    proxy.cut_open_connections();
+    let next = shared::auth::refresh(&s, &tokens.refresh_token, &shared::store::Client::default())
+        .await
+        .expect("the retry meets its own rotation inside the grace window");
+    assert_eq!(
+        count(&direct, "SELECT count(*) FROM refresh_tokens").await,
+        2
+    );
+    shared::auth::refresh(&s, &next.refresh_token, &shared::store::Client::default())
+        .await
+        .expect("the successor handed out is the live token");
+}
+
 #[tokio::test]
 async fn a_connection_that_stops_answering_is_a_503_at_the_deadline() {
     let _turn = exclusive().await;

@@ -116,3 +116,29 @@ pub async fn login(state: &AppState, credentials: Credentials) -> Result<Tokens,
 pub async fn current_user(state: &AppState, bearer: &str) -> Result<User, AuthError> {
     auth::current_user(state, bearer, &Client::default()).await
 }
+
+/// Replaces the state's clock with one the test moves by hand.
+pub fn hand_clock(
+    state: &mut AppState,
+) -> std::sync::Arc<std::sync::Mutex<chrono::DateTime<chrono::Utc>>> {
+    let now = std::sync::Arc::new(std::sync::Mutex::new(chrono::Utc::now()));
+    let read = now.clone();
+    state.clock = std::sync::Arc::new(move || *read.lock().expect("clock"));
+    now
+}
+
+/// Moves a hand-set clock.
+pub fn advance(
+    clock: &std::sync::Arc<std::sync::Mutex<chrono::DateTime<chrono::Utc>>>,
+    by: chrono::Duration,
+) {
+    *clock.lock().expect("clock") += by;
+}
+
+/// A request from this source address.
+pub fn from(ip: &str) -> Client {
+    Client {
+        source_ip: Some(ip.to_owned()),
+        user_agent: Some("tests".to_owned()),
+    }
+}

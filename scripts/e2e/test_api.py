@@ -716,7 +716,7 @@ def test_login_failures_are_identical_401s(api):
     # unknown and malformed ones too; a fixed input would collect one failure per run of the
     # suite against the same database and end up throttled. So every email here is fresh but
     # the empty one, whose few failures per run are cleared first.
-    run_sql("DELETE FROM login_throttle WHERE key = sha256(''::bytea);")
+    run_sql("DELETE FROM login_throttle WHERE account = sha256(''::bytea);")
     attempts = {
         # at most four failures on `user`, so the per-account backoff stays out of the way
         "wrong password": (user.email, user.password + "x"),

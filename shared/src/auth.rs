@@ -166,9 +166,13 @@ pub async fn login(
     .await?;
     let masked = mask(&credentials.email);
     let user_id = found.as_ref().map(|f| f.user.id);
-    let refused = |reason: &'static str| AuditEvent {
+    // A refusal by the limits is counted into its minute's row; a checked failure is a row.
+    let failed = |reason: &'static str, refusal: bool| AuditEvent {
+        event: "login.failed",
+        reason: Some(reason),
         user_id,
-        ..AuditEvent::refusal("login.failed", reason)
+        session_id: None,
+        refusal,
     };
 
     match attempt {
@@ -176,12 +180,12 @@ pub async fn login(
         Attempt::Blocked(until) => {
             let retry_after_secs = until.map_or(1, |until| seconds_until(until, now));
             tracing::info!(event = "login.failed", reason = "too_many_attempts", email = %masked, retry_after_secs);
-            audit(state, refused("too_many_attempts"), client).await;
+            audit(state, failed("too_many_attempts", true), client).await;
             return Err(AuthError::TooManyRequests { retry_after_secs });
         }
         Attempt::Locked => {
             tracing::info!(event = "login.failed", reason = "account_locked", email = %masked);
-            audit(state, refused("account_locked"), client).await;
+            audit(state, failed("account_locked", true), client).await;
             return Err(AuthError::AccountLocked);
         }
     }
@@ -196,11 +200,7 @@ pub async fn login(
     };
     if let Some(reason) = failure {
         tracing::info!(event = "login.failed", reason, user_id = user_id.map(tracing::field::display), email = %masked);
-        let event = AuditEvent {
-            refusal: false,
-            ..refused(reason)
-        };
-        audit(state, event, client).await;
+        audit(state, failed(reason, false), client).await;
         return Err(AuthError::InvalidCredentials);
     }
     let Some(found) = found else {
@@ -209,11 +209,7 @@ pub async fn login(
     let user = &found.user;
     if !user.is_active {
         tracing::info!(event = "login.failed", reason = "account_disabled", user_id = %user.id, email = %masked);
-        let event = AuditEvent {
-            refusal: false,
-            ..refused("account_disabled")
-        };
-        audit(state, event, client).await;
+        audit(state, failed("account_disabled", false), client).await;
         return Err(AuthError::AccountDisabled);
     }
     if state.passwords.needs_rehash(&found.hashed_password) {

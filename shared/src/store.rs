@@ -701,6 +701,22 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_row_is_a_500_and_only_an_unreachable_database_a_503() {
+        use crate::error::AuthError;
+        assert_eq!(
+            AuthError::from(DbError::NoRow("refresh")),
+            AuthError::Internal
+        );
+        assert_eq!(AuthError::from(DbError::NoRow("refresh")).status(), 500);
+        assert_eq!(
+            AuthError::from(DbError::Unavailable),
+            AuthError::ServiceUnavailable {
+                retry_after_secs: crate::db::RETRY_AFTER_SECS
+            }
+        );
+    }
+
+    #[test]
     fn limits_key_ipv4_by_address_and_ipv6_by_its_64() {
         assert_eq!(network("203.0.113.7"), "203.0.113.7");
         assert_eq!(network("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");

@@ -8,11 +8,11 @@ use crate::{
     db::DbError,
     email::{Email, mask},
     error::AuthError,
+    origin::Origin,
     password::{self, NewPassword},
     refresh,
     store::{
-        self, Attempt, AuditEvent, Client, InsertError, LoginLimits, RefreshOutcome, SessionUser,
-        User,
+        self, Attempt, AuditEvent, InsertError, LoginLimits, RefreshOutcome, SessionUser, User,
     },
     token::{AccessToken, IssuedToken, TokenRejection},
 };
@@ -45,8 +45,8 @@ pub struct Tokens {
 }
 
 /// The one audit writer: best effort, so a failure is logged and changes no answer.
-async fn audit(state: &AppState, event: AuditEvent<'_>, client: &Client) {
-    if let Err(error) = store::audit(&state.db, &event, state.now(), client).await {
+async fn audit(state: &AppState, event: AuditEvent<'_>, origin: &Origin) {
+    if let Err(error) = store::audit(&state.db, &event, state.now(), origin).await {
         let error = match &error {
             DbError::Query(e) => crate::db::describe(e),
             other => format!("{other:?}"),
@@ -64,22 +64,22 @@ fn seconds_until(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
 /// of the bearer routes. A request it rejects is not counted.
 pub async fn check_source_address(
     state: &AppState,
-    client: &Client,
+    origin: &Origin,
     route: &'static str,
 ) -> Result<(), AuthError> {
     let limit = state.config.ip_rate_limit_per_minute;
-    if client.source_ip.is_none() || limit == 0 {
+    if origin.source_ip.is_none() || limit == 0 {
         return Ok(());
     }
     let now = state.now();
-    match store::ip_allow(&state.db, &client.network(), limit, Uuid::new_v4(), now).await? {
+    match store::ip_allow(&state.db, &origin.network(), limit, Uuid::new_v4(), now).await? {
         None => Ok(()),
         Some(retry_after_secs) => {
             tracing::info!(event = "rate_limit.exceeded", route, retry_after_secs);
             audit(
                 state,
                 AuditEvent::refusal("rate_limit.exceeded", route),
-                client,
+                origin,
             )
             .await;
             Err(AuthError::TooManyRequests { retry_after_secs })
@@ -92,7 +92,7 @@ pub async fn check_source_address(
 pub async fn register(
     state: &AppState,
     credentials: Credentials,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<User, AuthError> {
     let now = state.now();
     let masked = mask(&credentials.email);
@@ -102,7 +102,7 @@ pub async fn register(
         audit(
             state,
             AuditEvent::refusal("register.rejected", reason),
-            client,
+            origin,
         )
         .await;
         error
@@ -123,7 +123,7 @@ pub async fn register(
         Err(e) => return Err(rejected("invalid_password", e).await),
     };
     let hash = state.passwords.hash(&password).await?;
-    match store::insert_user(&state.db, &email, &hash, client, now).await {
+    match store::insert_user(&state.db, &email, &hash, origin, now).await {
         Ok(user) => {
             tracing::info!(event = "user.registered", user_id = %user.id, email = %email.masked());
             Ok(user)
@@ -140,13 +140,13 @@ pub async fn register(
 pub async fn login(
     state: &AppState,
     credentials: Credentials,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<Tokens, AuthError> {
     let now = state.now();
     let password = password::normalize(&credentials.password);
     let email = Email::parse(&credentials.email).ok();
     let account = store::account_key(email.as_ref(), &credentials.email);
-    let network = client.network();
+    let network = origin.network();
     let config = &state.config;
     let limits = LoginLimits {
         network_after: config.login_backoff_after,
@@ -180,12 +180,12 @@ pub async fn login(
         Attempt::Blocked(until) => {
             let retry_after_secs = until.map_or(1, |until| seconds_until(until, now));
             tracing::info!(event = "login.failed", reason = "too_many_attempts", email = %masked, retry_after_secs);
-            audit(state, failed("too_many_attempts", true), client).await;
+            audit(state, failed("too_many_attempts", true), origin).await;
             return Err(AuthError::TooManyRequests { retry_after_secs });
         }
         Attempt::Locked => {
             tracing::info!(event = "login.failed", reason = "account_locked", email = %masked);
-            audit(state, failed("account_locked", true), client).await;
+            audit(state, failed("account_locked", true), origin).await;
             return Err(AuthError::AccountLocked);
         }
     }
@@ -200,7 +200,7 @@ pub async fn login(
     };
     if let Some(reason) = failure {
         tracing::info!(event = "login.failed", reason, user_id = user_id.map(tracing::field::display), email = %masked);
-        audit(state, failed(reason, false), client).await;
+        audit(state, failed(reason, false), origin).await;
         return Err(AuthError::InvalidCredentials);
     }
     let Some(found) = found else {
@@ -209,7 +209,7 @@ pub async fn login(
     let user = &found.user;
     if !user.is_active {
         tracing::info!(event = "login.failed", reason = "account_disabled", user_id = %user.id, email = %masked);
-        audit(state, failed("account_disabled", false), client).await;
+        audit(state, failed("account_disabled", false), origin).await;
         return Err(AuthError::AccountDisabled);
     }
     if state.passwords.needs_rehash(&found.hashed_password) {
@@ -228,7 +228,7 @@ pub async fn login(
         &network,
         now,
         expires_at,
-        client,
+        origin,
     )
     .await?;
     let access = issue(state, user.id, session_id, now)?;
@@ -271,7 +271,7 @@ async fn rehash(state: &AppState, user: &User, old: &str, password: &str) {
 pub async fn refresh(
     state: &AppState,
     refresh_token: &str,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<Tokens, AuthError> {
     let now = state.now();
     let Some(raw) = refresh::decode(refresh_token) else {
@@ -279,7 +279,7 @@ pub async fn refresh(
         audit(
             state,
             AuditEvent::refusal("refresh.failed", "malformed"),
-            client,
+            origin,
         )
         .await;
         return Err(AuthError::InvalidToken);
@@ -292,7 +292,7 @@ pub async fn refresh(
         now,
         state.config.refresh_grace.as_secs_f64(),
         state.config.session_idle.as_secs_f64(),
-        client,
+        origin,
     )
     .await?;
     let user = refreshed.user_id.map(tracing::field::display);
@@ -343,9 +343,9 @@ async fn refuse(
     route: &'static str,
     event: AuditEvent<'static>,
     error: AuthError,
-    client: &Client,
+    origin: &Origin,
 ) -> AuthError {
-    if let Err(limited) = check_source_address(state, client, route).await {
+    if let Err(limited) = check_source_address(state, origin, route).await {
         return limited;
     }
     tracing::info!(
@@ -354,7 +354,7 @@ async fn refuse(
         user_id = event.user_id.map(tracing::field::display),
         session_id = event.session_id.map(tracing::field::display)
     );
-    audit(state, event, client).await;
+    audit(state, event, origin).await;
     error
 }
 
@@ -363,7 +363,7 @@ async fn verified(
     state: &AppState,
     route: &'static str,
     bearer: &str,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<AccessToken, AuthError> {
     match state.tokens.verify(bearer) {
         Ok(token) => Ok(token),
@@ -373,7 +373,7 @@ async fn verified(
                 _ => AuthError::InvalidToken,
             };
             let event = AuditEvent::refusal("token.rejected", rejection.reason());
-            Err(refuse(state, route, event, error, client).await)
+            Err(refuse(state, route, event, error, origin).await)
         }
     }
 }
@@ -384,14 +384,14 @@ async fn refuse_token(
     route: &'static str,
     token: &AccessToken,
     reason: &'static str,
-    client: &Client,
+    origin: &Origin,
 ) -> AuthError {
     let event = AuditEvent {
         user_id: Some(token.user_id),
         session_id: Some(token.session_id),
         ..AuditEvent::refusal("token.rejected", reason)
     };
-    refuse(state, route, event, AuthError::InvalidToken, client).await
+    refuse(state, route, event, AuthError::InvalidToken, origin).await
 }
 
 /// The user a bearer token names, re-read with its session in one round trip, so that a
@@ -399,10 +399,10 @@ async fn refuse_token(
 pub async fn current_user(
     state: &AppState,
     bearer: &str,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<User, AuthError> {
     const ROUTE: &str = "me";
-    let token = verified(state, ROUTE, bearer, client).await?;
+    let token = verified(state, ROUTE, bearer, origin).await?;
     let now = state.now();
     let idle_cutoff = now - state.config.session_idle;
     let reason =
@@ -414,7 +414,7 @@ pub async fn current_user(
             SessionUser::SessionEnded => "session_ended",
             SessionUser::Gone => "user_gone",
         };
-    Err(refuse_token(state, ROUTE, &token, reason, client).await)
+    Err(refuse_token(state, ROUTE, &token, reason, origin).await)
 }
 
 /// Ends the bearer token's session, or all its user's sessions with `global`. A token whose
@@ -423,10 +423,10 @@ pub async fn logout(
     state: &AppState,
     bearer: &str,
     global: bool,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<(), AuthError> {
     const ROUTE: &str = "logout";
-    let token = verified(state, ROUTE, bearer, client).await?;
+    let token = verified(state, ROUTE, bearer, origin).await?;
     let now = state.now();
     let idle_cutoff = now - state.config.session_idle;
     let ended = store::end_sessions(
@@ -437,11 +437,11 @@ pub async fn logout(
         now,
         idle_cutoff,
         Uuid::new_v4(),
-        client,
+        origin,
     )
     .await?;
     if !ended {
-        return Err(refuse_token(state, ROUTE, &token, "session_ended", client).await);
+        return Err(refuse_token(state, ROUTE, &token, "session_ended", origin).await);
     }
     tracing::info!(event = "logout.succeeded", user_id = %token.user_id, session_id = %token.session_id, global);
     Ok(())

@@ -13,6 +13,7 @@ pub mod db;
 pub mod email;
 pub mod error;
 pub mod http;
+pub mod origin;
 pub mod password;
 pub mod refresh;
 #[cfg(feature = "migrations")]

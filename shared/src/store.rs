@@ -4,41 +4,11 @@
 use crate::{
     db::{Db, DbError},
     email::Email,
+    origin::Origin,
 };
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Row, types::Type};
 use uuid::Uuid;
-
-/// Where a request came from, for the audit log.
-#[derive(Debug, Clone, Default)]
-pub struct Client {
-    /// `requestContext.http.sourceIp` (never `X-Forwarded-For`).
-    pub source_ip: Option<String>,
-    /// The `User-Agent` header, cut to 512 characters.
-    pub user_agent: Option<String>,
-}
-
-impl Client {
-    /// The source network the limits key by: the IPv4 address, or the IPv6 /64 (one
-    /// subscriber's usual allocation, so rotating addresses inside it gains nothing).
-    /// `unknown` without a source address.
-    pub fn network(&self) -> String {
-        use std::net::IpAddr;
-        match self.source_ip.as_deref().map(str::parse::<IpAddr>) {
-            None => "unknown".to_owned(),
-            Some(Ok(IpAddr::V4(v4))) => v4.to_string(),
-            Some(Ok(IpAddr::V6(v6))) => match v6.to_ipv4_mapped() {
-                Some(v4) => v4.to_string(),
-                None => {
-                    let s = v6.segments();
-                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-                }
-            },
-            // API Gateway always sends an address; anything else is kept as it came.
-            Some(Err(_)) => self.source_ip.clone().unwrap_or_default(),
-        }
-    }
-}
 
 /// A user as stored, without the password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +65,7 @@ pub async fn insert_user(
     db: &Db,
     email: &Email,
     hashed_password: &str,
-    client: &Client,
+    origin: &Origin,
     now: DateTime<Utc>,
 ) -> Result<User, InsertError> {
     let id = Uuid::new_v4();
@@ -111,8 +81,8 @@ pub async fn insert_user(
                 (&email.as_str(), Type::TEXT),
                 (&hashed_password, Type::TEXT),
                 (&now, Type::TIMESTAMPTZ),
-                (&client.source_ip, Type::TEXT),
-                (&client.user_agent, Type::TEXT),
+                (&origin.source_ip, Type::TEXT),
+                (&origin.user_agent, Type::TEXT),
             ],
         )
         .await;
@@ -227,7 +197,7 @@ pub async fn unlock(
     db: &Db,
     email: &Email,
     now: DateTime<Utc>,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<bool, DbError> {
     let account = account_key(Some(email), email.as_str());
     let row = db
@@ -241,8 +211,8 @@ pub async fn unlock(
                 (&email.as_str(), Type::TEXT),
                 (&account.as_slice(), Type::BYTEA),
                 (&now, Type::TIMESTAMPTZ),
-                (&client.source_ip, Type::TEXT),
-                (&client.user_agent, Type::TEXT),
+                (&origin.source_ip, Type::TEXT),
+                (&origin.user_agent, Type::TEXT),
             ],
         )
         .await?
@@ -293,7 +263,7 @@ pub async fn start_session(
     network: &str,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<(), DbError> {
     let row = db
         .query_opt(
@@ -313,8 +283,8 @@ pub async fn start_session(
                 (&expires_at, Type::TIMESTAMPTZ),
                 (&account, Type::BYTEA),
                 (&network, Type::TEXT),
-                (&client.source_ip, Type::TEXT),
-                (&client.user_agent, Type::TEXT),
+                (&origin.source_ip, Type::TEXT),
+                (&origin.user_agent, Type::TEXT),
             ],
         )
         .await?
@@ -360,7 +330,7 @@ pub async fn audit(
     db: &Db,
     event: &AuditEvent<'_>,
     now: DateTime<Utc>,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<(), DbError> {
     let sql = if event.refusal {
         "SELECT auth_refusal($1, $2, $3, $4, $5, $6, $7)"
@@ -371,9 +341,9 @@ pub async fn audit(
     // A refusal is recorded by its network, so that rotating addresses inside one IPv6 /64
     // cannot make a row per request.
     let source = if event.refusal {
-        client.source_ip.as_ref().map(|_| client.network())
+        origin.source_ip.as_ref().map(|_| origin.network())
     } else {
-        client.source_ip.clone()
+        origin.source_ip.clone()
     };
     db.query_once(
         sql,
@@ -384,7 +354,7 @@ pub async fn audit(
             (&event.user_id, Type::UUID),
             (&event.session_id, Type::UUID),
             (&source, Type::TEXT),
-            (&client.user_agent, Type::TEXT),
+            (&origin.user_agent, Type::TEXT),
         ],
     )
     .await?;
@@ -446,7 +416,7 @@ pub async fn end_sessions(
     now: DateTime<Utc>,
     idle_cutoff: DateTime<Utc>,
     request: Uuid,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<bool, DbError> {
     let row = db
         .query_opt(
@@ -458,8 +428,8 @@ pub async fn end_sessions(
                 (&now, Type::TIMESTAMPTZ),
                 (&idle_cutoff, Type::TIMESTAMPTZ),
                 (&request, Type::UUID),
-                (&client.source_ip, Type::TEXT),
-                (&client.user_agent, Type::TEXT),
+                (&origin.source_ip, Type::TEXT),
+                (&origin.user_agent, Type::TEXT),
             ],
         )
         .await?
@@ -546,7 +516,7 @@ pub async fn refresh(
     now: DateTime<Utc>,
     grace_secs: f64,
     idle_secs: f64,
-    client: &Client,
+    origin: &Origin,
 ) -> Result<Refreshed, DbError> {
     let row = db
         .query_opt(
@@ -558,8 +528,8 @@ pub async fn refresh(
                 (&now, Type::TIMESTAMPTZ),
                 (&grace_secs, Type::FLOAT8),
                 (&idle_secs, Type::FLOAT8),
-                (&client.source_ip, Type::TEXT),
-                (&client.user_agent, Type::TEXT),
+                (&origin.source_ip, Type::TEXT),
+                (&origin.user_agent, Type::TEXT),
             ],
         )
         .await?
@@ -692,14 +662,6 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result
 mod tests {
     use super::*;
 
-    fn network(ip: &str) -> String {
-        Client {
-            source_ip: Some(ip.to_owned()),
-            user_agent: None,
-        }
-        .network()
-    }
-
     #[test]
     fn a_missing_row_is_a_500_and_only_an_unreachable_database_a_503() {
         use crate::error::AuthError;
@@ -714,19 +676,6 @@ mod tests {
                 retry_after_secs: crate::db::RETRY_AFTER_SECS
             }
         );
-    }
-
-    #[test]
-    fn limits_key_ipv4_by_address_and_ipv6_by_its_64() {
-        assert_eq!(network("203.0.113.7"), "203.0.113.7");
-        assert_eq!(network("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
-        assert_eq!(
-            network("2001:db8:1:2:ffff:ffff:ffff:ffff"),
-            "2001:db8:1:2::/64"
-        );
-        assert_ne!(network("2001:db8:1:3::1"), "2001:db8:1:2::/64");
-        assert_eq!(network("::ffff:203.0.113.7"), "203.0.113.7");
-        assert_eq!(Client::default().network(), "unknown");
     }
 
     #[test]

@@ -11,7 +11,8 @@ use shared::{
     AppState,
     auth::{self, Credentials},
     error::AuthError,
-    store::{self, Client},
+    origin::Origin,
+    store,
 };
 
 fn creds(email: &str, password: &str) -> Credentials {
@@ -25,7 +26,7 @@ const WRONG: &str = "not the password at all 1";
 
 async fn account(state: &AppState) -> String {
     let email = unique_email();
-    auth::register(state, creds(&email, STRONG_PASSWORD), &Client::default())
+    auth::register(state, creds(&email, STRONG_PASSWORD), &Origin::default())
         .await
         .expect("register");
     email
@@ -194,7 +195,7 @@ async fn a_hundred_consecutive_failures_lock_the_account_until_it_is_unlocked() 
 
     let parsed = shared::email::Email::parse(&email).expect("email");
     assert!(
-        store::unlock(&state.db, &parsed, state.now(), &Client::default())
+        store::unlock(&state.db, &parsed, state.now(), &Origin::default())
             .await
             .expect("unlock")
     );
@@ -247,13 +248,13 @@ async fn a_thousand_failures_cannot_overflow_the_backoff() {
         .await
         .expect("arrange");
     assert_eq!(
-        auth::login(&state, creds(&email, WRONG), &Client::default())
+        auth::login(&state, creds(&email, WRONG), &Origin::default())
             .await
             .err(),
         Some(AuthError::InvalidCredentials)
     );
     assert_eq!(
-        auth::login(&state, creds(&email, STRONG_PASSWORD), &Client::default())
+        auth::login(&state, creds(&email, STRONG_PASSWORD), &Origin::default())
             .await
             .err(),
         Some(AuthError::TooManyRequests {
@@ -280,7 +281,7 @@ async fn two_global_logouts_of_one_user_at_once_never_deadlock() {
     let mut sessions = Vec::new();
     for _ in 0..40 {
         sessions.push(
-            auth::login(&first, creds(&email, STRONG_PASSWORD), &Client::default())
+            auth::login(&first, creds(&email, STRONG_PASSWORD), &Origin::default())
                 .await
                 .expect("login"),
         );
@@ -299,9 +300,9 @@ async fn two_global_logouts_of_one_user_at_once_never_deadlock() {
             .await
             .expect("revive");
         let ra =
-            tokio::spawn(async move { auth::logout(&one, &a, true, &Client::default()).await });
+            tokio::spawn(async move { auth::logout(&one, &a, true, &Origin::default()).await });
         let rb =
-            tokio::spawn(async move { auth::logout(&other, &b, true, &Client::default()).await });
+            tokio::spawn(async move { auth::logout(&other, &b, true, &Origin::default()).await });
         let mut results = [ra.await.expect("task").err(), rb.await.expect("task").err()];
         results.sort_by_key(|r| r.is_some());
         assert_eq!(
@@ -316,27 +317,27 @@ async fn two_global_logouts_of_one_user_at_once_never_deadlock() {
 async fn a_client_in_the_grace_window_never_gets_a_dead_successor() {
     let state = fresh_state(&[]).await;
     let email = account(&state).await;
-    let t0 = auth::login(&state, creds(&email, STRONG_PASSWORD), &Client::default())
+    let t0 = auth::login(&state, creds(&email, STRONG_PASSWORD), &Origin::default())
         .await
         .expect("login");
-    let t1 = auth::refresh(&state, &t0.refresh_token, &Client::default())
+    let t1 = auth::refresh(&state, &t0.refresh_token, &Origin::default())
         .await
         .expect("t0 → t1");
-    let t2 = auth::refresh(&state, &t1.refresh_token, &Client::default())
+    let t2 = auth::refresh(&state, &t1.refresh_token, &Origin::default())
         .await
         .expect("t1 → t2, inside the window");
     // t0 again, inside its window: its successor t1 is no longer live, so a clean 401 …
     assert_eq!(
-        auth::refresh(&state, &t0.refresh_token, &Client::default())
+        auth::refresh(&state, &t0.refresh_token, &Origin::default())
             .await
             .err(),
         Some(AuthError::InvalidToken)
     );
     // … and the session lives on with its live token.
-    let t3 = auth::refresh(&state, &t2.refresh_token, &Client::default())
+    let t3 = auth::refresh(&state, &t2.refresh_token, &Origin::default())
         .await
         .expect("the live token still works");
-    auth::current_user(&state, &t3.access.token, &Client::default())
+    auth::current_user(&state, &t3.access.token, &Origin::default())
         .await
         .expect("the session was not ended");
 }
@@ -345,7 +346,7 @@ async fn a_client_in_the_grace_window_never_gets_a_dead_successor() {
 async fn garbage_bearer_tokens_meet_the_address_window_but_a_valid_token_does_not() {
     let state = fresh_state(&[("IP_RATE_LIMIT_PER_MINUTE", "3")]).await;
     let email = account(&state).await;
-    let tokens = auth::login(&state, creds(&email, STRONG_PASSWORD), &Client::default())
+    let tokens = auth::login(&state, creds(&email, STRONG_PASSWORD), &Origin::default())
         .await
         .expect("login");
     let flood = from("203.0.113.50");

@@ -252,7 +252,7 @@ async fn a_login_upgrades_a_hash_weaker_than_the_configured_parameters() {
         &state.db,
         &email,
         &old,
-        &store::Client::default(),
+        &shared::origin::Origin::default(),
         chrono::Utc::now(),
     )
     .await

@@ -463,7 +463,7 @@ async fn a_session_start_whose_answer_was_lost_finds_its_own_session() {
         "unknown",
         now,
         now + chrono::Duration::days(1),
-        &shared::store::Client::default(),
+        &shared::origin::Origin::default(),
     )
     .await
     .expect("the retry recognizes its own session");
@@ -492,7 +492,7 @@ async fn a_logout_whose_answer_was_lost_answers_as_the_first_try() {
         &s,
         &tokens.access.token,
         false,
-        &shared::store::Client::default(),
+        &shared::origin::Origin::default(),
     )
     .await
     .expect("the logout that ended the session succeeds");
@@ -522,7 +522,7 @@ async fn a_logout_whose_answer_was_lost_answers_as_the_first_try() {
 async fn a_request_whose_window_answer_was_lost_is_counted_once() {
     let _turn = exclusive().await;
     let (s, proxy, direct, _) = behind_the_proxy(&Cluster::get()).await;
-    let from = shared::store::Client {
+    let from = shared::origin::Origin {
         source_ip: Some("198.51.100.7".into()),
         user_agent: None,
     };
@@ -539,14 +539,18 @@ async fn a_refresh_whose_answer_was_lost_gets_the_successor_it_committed() {
     let (s, proxy, direct, email) = behind_the_proxy(&Cluster::get()).await;
     let tokens = common::login(&s, creds(&email)).await.expect("login");
     proxy.cut_open_connections();
-    let next = shared::auth::refresh(&s, &tokens.refresh_token, &shared::store::Client::default())
-        .await
-        .expect("the retry meets its own rotation inside the grace window");
+    let next = shared::auth::refresh(
+        &s,
+        &tokens.refresh_token,
+        &shared::origin::Origin::default(),
+    )
+    .await
+    .expect("the retry meets its own rotation inside the grace window");
     assert_eq!(
         count(&direct, "SELECT count(*) FROM refresh_tokens").await,
         2
     );
-    shared::auth::refresh(&s, &next.refresh_token, &shared::store::Client::default())
+    shared::auth::refresh(&s, &next.refresh_token, &shared::origin::Origin::default())
         .await
         .expect("the successor handed out is the live token");
 }

@@ -9,7 +9,7 @@ use shared::{
     AppState,
     auth::{self, Credentials, Tokens},
     error::AuthError,
-    store::Client,
+    origin::Origin,
 };
 use std::sync::{Arc, Mutex};
 
@@ -32,8 +32,8 @@ fn advance(clock: &Arc<Mutex<DateTime<Utc>>>, by: Duration) {
     *clock.lock().expect("clock") += by;
 }
 
-fn nobody() -> Client {
-    Client::default()
+fn nobody() -> Origin {
+    Origin::default()
 }
 
 async fn account(state: &AppState) -> String {
@@ -378,11 +378,11 @@ async fn the_source_address_window_is_shared_by_all_instances_and_refused_reques
     let state = fresh_state(&[("IP_RATE_LIMIT_PER_MINUTE", "5")]).await;
     // A second function instance (another Lambda) on the same database.
     let other = AppState::new(state.config.clone()).expect("second instance");
-    let from = Client {
+    let from = Origin {
         source_ip: Some("203.0.113.7".into()),
         user_agent: None,
     };
-    let elsewhere = Client {
+    let elsewhere = Origin {
         source_ip: Some("198.51.100.1".into()),
         user_agent: None,
     };
@@ -416,7 +416,7 @@ async fn the_source_address_window_is_shared_by_all_instances_and_refused_reques
 #[tokio::test]
 async fn every_action_leaves_an_audit_row_without_secrets() {
     let state = fresh_state(&[]).await;
-    let client = Client {
+    let client = Origin {
         source_ip: Some("192.0.2.10".into()),
         user_agent: Some("tests/1.0".into()),
     };
@@ -485,7 +485,7 @@ async fn every_action_leaves_an_audit_row_without_secrets() {
 async fn the_source_address_window_slides_exactly_over_the_last_minute() {
     let mut state = fresh_state(&[("IP_RATE_LIMIT_PER_MINUTE", "5")]).await;
     let clock = hand_clock(&mut state);
-    let from = Client {
+    let from = Origin {
         source_ip: Some("203.0.113.9".into()),
         user_agent: None,
     };

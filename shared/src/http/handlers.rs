@@ -2,7 +2,7 @@
 //! renders the outcome; they never fail at the Lambda level, every error is a problem document.
 
 use super::{
-    Bearer, bearer, client, json, json_object, no_content, public_json, query_param, render,
+    Bearer, bearer, json, json_object, no_content, origin, public_json, query_param, render,
     string_field,
 };
 use crate::{
@@ -69,10 +69,10 @@ fn credentials(req: &Request) -> Result<Credentials, AuthError> {
 
 /// `POST /auth/register` → 201 with the new user.
 pub async fn register(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
-    let client = client(&req);
+    let origin = origin(&req);
     let result = async {
-        auth::check_source_address(state, &client, "register").await?;
-        auth::register(state, credentials(&req)?, &client).await
+        auth::check_source_address(state, &origin, "register").await?;
+        auth::register(state, credentials(&req)?, &origin).await
     }
     .await;
     Ok(render(result, |user| json(201, &UserBody::from(&user))))
@@ -80,10 +80,10 @@ pub async fn register(state: &AppState, req: Request) -> Result<Response<Body>, 
 
 /// `POST /auth/login` → 200 with an access token and a refresh token.
 pub async fn login(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
-    let client = client(&req);
+    let origin = origin(&req);
     let result = async {
-        auth::check_source_address(state, &client, "login").await?;
-        auth::login(state, credentials(&req)?, &client).await
+        auth::check_source_address(state, &origin, "login").await?;
+        auth::login(state, credentials(&req)?, &origin).await
     }
     .await;
     Ok(render(result, tokens))
@@ -91,11 +91,11 @@ pub async fn login(state: &AppState, req: Request) -> Result<Response<Body>, Err
 
 /// `POST /auth/refresh` → 200 with a new access token and the refresh token's successor.
 pub async fn refresh(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
-    let client = client(&req);
+    let origin = origin(&req);
     let result = async {
-        auth::check_source_address(state, &client, "refresh").await?;
+        auth::check_source_address(state, &origin, "refresh").await?;
         let body = json_object(&req)?;
-        auth::refresh(state, &string_field(&body, "refresh_token")?, &client).await
+        auth::refresh(state, &string_field(&body, "refresh_token")?, &origin).await
     }
     .await;
     Ok(render(result, tokens))
@@ -103,20 +103,20 @@ pub async fn refresh(state: &AppState, req: Request) -> Result<Response<Body>, E
 
 /// `GET /auth/me` → 200 with the token's user.
 pub async fn me(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
-    let client = client(&req);
+    let origin = origin(&req);
     let result = match bearer(&req) {
         Bearer::Missing => {
             tracing::info!(event = "token.rejected", reason = "missing");
             Err(AuthError::MissingToken)
         }
-        Bearer::Token(token) => auth::current_user(state, token, &client).await,
+        Bearer::Token(token) => auth::current_user(state, token, &origin).await,
     };
     Ok(render(result, |user| json(200, &UserBody::from(&user))))
 }
 
 /// `POST /auth/logout[?scope=global]` → 204; ends the token's session, or all of its user's.
 pub async fn logout(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
-    let client = client(&req);
+    let origin = origin(&req);
     let result = async {
         let global = match query_param(&req, "scope")?.as_deref() {
             None => false,
@@ -129,7 +129,7 @@ pub async fn logout(state: &AppState, req: Request) -> Result<Response<Body>, Er
         };
         match bearer(&req) {
             Bearer::Missing => Err(AuthError::MissingToken),
-            Bearer::Token(token) => auth::logout(state, token, global, &client).await,
+            Bearer::Token(token) => auth::logout(state, token, global, &origin).await,
         }
     }
     .await;

@@ -4,7 +4,7 @@
 
 pub mod handlers;
 
-use crate::{AppState, error::AuthError, store::Client};
+use crate::{AppState, error::AuthError, origin::Origin};
 use lambda_http::{
     Body, Request, RequestExt, Response,
     http::{
@@ -75,7 +75,7 @@ pub fn string_field(object: &Map<String, Value>, name: &str) -> Result<String, A
 /// Who sent the request, for the limits and the audit: the source address API Gateway saw
 /// (`requestContext.http.sourceIp`; `X-Forwarded-For` is client-controlled and never read)
 /// and the user agent.
-pub fn client(req: &Request) -> Client {
+pub fn origin(req: &Request) -> Origin {
     let source_ip = match req.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(ctx)) => ctx.http.source_ip.clone(),
         _ => None,
@@ -85,7 +85,7 @@ pub fn client(req: &Request) -> Client {
         .get(lambda_http::http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(512).collect());
-    Client {
+    Origin {
         source_ip,
         user_agent,
     }

@@ -9,7 +9,8 @@ use shared::{
     auth::{self, Credentials, Tokens},
     config::Config,
     error::AuthError,
-    store::{Client, User},
+    origin::Origin,
+    store::User,
 };
 use std::collections::HashMap;
 
@@ -106,15 +107,15 @@ pub fn unique_email() -> String {
 
 /// The operations as a request without a source address calls them (no per-address limit).
 pub async fn register(state: &AppState, credentials: Credentials) -> Result<User, AuthError> {
-    auth::register(state, credentials, &Client::default()).await
+    auth::register(state, credentials, &Origin::default()).await
 }
 
 pub async fn login(state: &AppState, credentials: Credentials) -> Result<Tokens, AuthError> {
-    auth::login(state, credentials, &Client::default()).await
+    auth::login(state, credentials, &Origin::default()).await
 }
 
 pub async fn current_user(state: &AppState, bearer: &str) -> Result<User, AuthError> {
-    auth::current_user(state, bearer, &Client::default()).await
+    auth::current_user(state, bearer, &Origin::default()).await
 }
 
 /// Replaces the state's clock with one the test moves by hand.
@@ -136,8 +137,8 @@ pub fn advance(
 }
 
 /// A request from this source address.
-pub fn from(ip: &str) -> Client {
-    Client {
+pub fn from(ip: &str) -> Origin {
+    Origin {
         source_ip: Some(ip.to_owned()),
         user_agent: Some("tests".to_owned()),
     }

@@ -3,33 +3,20 @@
 
 mod common;
 
-use chrono::{DateTime, Duration, Utc};
-use common::{STRONG_PASSWORD, fresh_state, psql, unique_email};
+use chrono::Duration;
+use common::{STRONG_PASSWORD, advance, fresh_state, hand_clock, psql, unique_email};
 use shared::{
     AppState,
     auth::{self, Credentials, Tokens},
     error::AuthError,
     origin::Origin,
 };
-use std::sync::{Arc, Mutex};
 
 fn creds(email: &str, password: &str) -> Credentials {
     Credentials {
         email: email.to_owned(),
         password: password.to_owned(),
     }
-}
-
-/// Replaces the state's clock with one the test moves by hand.
-fn hand_clock(state: &mut AppState) -> Arc<Mutex<DateTime<Utc>>> {
-    let now = Arc::new(Mutex::new(Utc::now()));
-    let read = now.clone();
-    state.clock = Arc::new(move || *read.lock().expect("clock"));
-    now
-}
-
-fn advance(clock: &Arc<Mutex<DateTime<Utc>>>, by: Duration) {
-    *clock.lock().expect("clock") += by;
 }
 
 fn nobody() -> Origin {

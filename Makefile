@@ -20,10 +20,10 @@ check: ## Quick checks without a database: fmt, clippy, unit tests
 	cargo test --workspace --lib
 
 build: ## Build the release binaries for this machine
-	cargo build --release -p register -p login -p protected -p refresh -p logout -p keys -p cli
+	cargo build --release -p register -p login -p protected -p refresh -p logout -p keys -p prune -p cli
 
 lambda-build: venv ## Build the arm64 Lambda zips into target/lambda/ (cargo-lambda brings zig)
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo-lambda lambda build --release --arm64 --output-format zip -p register -p login -p protected -p refresh -p logout -p keys
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo-lambda lambda build --release --arm64 --output-format zip -p register -p login -p protected -p refresh -p logout -p keys -p prune
 
 bench: ## Run the benchmarks (see BENCHMARKS.md)
 	@scripts/bench.sh

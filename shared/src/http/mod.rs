@@ -3,6 +3,7 @@
 //! RFC 9457 problem documents, and the headers the contract asks for.
 
 pub mod handlers;
+pub mod schedule;
 
 use crate::{AppState, error::AuthError, origin::Origin};
 use lambda_http::{

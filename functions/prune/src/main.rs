@@ -1,0 +1,6 @@
+//! The scheduled prune (an EventBridge schedule in the template, a timer in `make dev`): see
+//! `shared::http::schedule::run_prune`.
+
+fn main() -> Result<(), lambda_runtime::Error> {
+    shared::http::schedule::run_prune()
+}

@@ -46,7 +46,7 @@ cargo test --workspace 2>&1 | tee -a "$LOG"
 step "database and handler tests again, through PgBouncer in transaction mode"
 TEST_DIRECT_DATABASE_URL="$TEST_DATABASE_URL" \
   TEST_DATABASE_URL="$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" postgres)" \
-  cargo test -p shared --test db --test handlers --test logging --test sessions 2>&1 | tee -a "$LOG"
+  cargo test -p shared --test db --test handlers --test logging --test sessions --test attacks 2>&1 | tee -a "$LOG"
 
 # The real binaries through cargo lambda watch and the local gateway, driven over HTTP.
 e2e() {

@@ -179,10 +179,12 @@ $$;
 -- auth_refresh as before, with one change: inside the grace window the successor is handed out
 -- only while it is still the session's live token. After a second rotation inside the window
 -- (or under another DATA_ENCRYPTION_KEY) the client gets a clean 401 (`grace_superseded`) and
--- the session lives on, instead of a token whose next use would end it as a reuse.
-CREATE OR REPLACE FUNCTION auth_refresh(
+-- the session lives on, instead of a token whose next use would end it as a reuse. An unknown
+-- token is a refusal, recorded by the source network like the others.
+DROP FUNCTION auth_refresh(bytea, bytea, timestamptz, interval, interval, text, text);
+CREATE FUNCTION auth_refresh(
     p_hash bytea, p_successor bytea, p_now timestamptz, p_grace interval, p_idle interval,
-    p_source_ip text, p_user_agent text
+    p_source_ip text, p_source_network text, p_user_agent text
 ) RETURNS TABLE (outcome text, session_id uuid, user_id uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -193,7 +195,7 @@ DECLARE
 BEGIN
     SELECT * INTO t FROM refresh_tokens r WHERE r.hash = p_hash FOR UPDATE;
     IF NOT FOUND THEN
-        PERFORM auth_refusal(p_now, 'refresh.failed', 'unknown_token', NULL, NULL, p_source_ip, p_user_agent);
+        PERFORM auth_refusal(p_now, 'refresh.failed', 'unknown_token', NULL, NULL, p_source_network, p_user_agent);
         RETURN QUERY SELECT 'unknown_token'::text, NULL::uuid, NULL::uuid;
         RETURN;
     END IF;

@@ -30,6 +30,12 @@ impl Origin {
             Some(Err(_)) => self.source_ip.clone().unwrap_or_default(),
         }
     }
+
+    /// What the audit log records a refusal under: the network, so that rotating addresses
+    /// inside one IPv6 /64 cannot make a row per request.
+    pub fn refusal_source(&self) -> Option<String> {
+        self.source_ip.as_ref().map(|_| self.network())
+    }
 }
 
 #[cfg(test)]

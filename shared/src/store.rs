@@ -338,10 +338,8 @@ pub async fn audit(
         "INSERT INTO auth_events (occurred_at, event, reason, user_id, session_id, source_ip, user_agent) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)"
     };
-    // A refusal is recorded by its network, so that rotating addresses inside one IPv6 /64
-    // cannot make a row per request.
     let source = if event.refusal {
-        origin.source_ip.as_ref().map(|_| origin.network())
+        origin.refusal_source()
     } else {
         origin.source_ip.clone()
     };
@@ -521,7 +519,7 @@ pub async fn refresh(
     let row = db
         .query_opt(
             "SELECT outcome, session_id, user_id FROM auth_refresh($1, $2, $3, make_interval(secs => $4), \
-             make_interval(secs => $5), $6, $7)",
+             make_interval(secs => $5), $6, $7, $8)",
             &[
                 (&hash, Type::BYTEA),
                 (&successor_hash, Type::BYTEA),
@@ -529,6 +527,7 @@ pub async fn refresh(
                 (&grace_secs, Type::FLOAT8),
                 (&idle_secs, Type::FLOAT8),
                 (&origin.source_ip, Type::TEXT),
+                (&origin.refusal_source(), Type::TEXT),
                 (&origin.user_agent, Type::TEXT),
             ],
         )

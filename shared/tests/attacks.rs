@@ -431,6 +431,16 @@ async fn a_flood_from_many_addresses_keeps_storage_bounded() {
     )
     .await;
     assert_eq!(counted, requests, "every request is in the log, counted");
+    assert_eq!(
+        count(
+            &state,
+            "SELECT count(*) FROM auth_events WHERE window_start IS NOT NULL \
+             AND source_ip LIKE '2001:db8:99:%' AND source_ip <> '2001:db8:99:1::/64'"
+        )
+        .await,
+        0,
+        "refusals from a rotating /64 are recorded under the /64"
+    );
 
     // The scheduled function removes what has expired once the flood is over.
     advance(&clock, Duration::days(2));

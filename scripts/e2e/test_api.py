@@ -1,4 +1,4 @@
-"""End-to-end black-box tests of the HTTP contract in API.md ("Routes": register, login, me;
+"""End-to-end black-box tests of the HTTP contract in docs/api.md ("Routes": register, login, me;
 the token rules of "Tokens" and "Sessions" as they apply to access tokens).
 
 Run against a live API (e.g. `cargo lambda watch` behind scripts/gateway.py), with the server's

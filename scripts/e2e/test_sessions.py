@@ -1,4 +1,4 @@
-"""End-to-end black-box tests of API.md "Sessions" (refresh, logout, keys), "Limits against
+"""End-to-end black-box tests of docs/api.md "Sessions" (refresh, logout, keys), "Limits against
 guessing" and "Audit".
 
 Run like test_api.py, against a server with the default settings (REFRESH_REUSE_GRACE_SECONDS

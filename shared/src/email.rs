@@ -1,4 +1,4 @@
-//! The `Email` newtype: an `Email` that exists is normalized and valid (API.md "Email"), so
+//! The `Email` newtype: an `Email` that exists is normalized and valid (docs/api.md "Email"), so
 //! nothing downstream re-checks or re-normalizes it.
 
 use crate::error::AuthError;

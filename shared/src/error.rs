@@ -15,7 +15,7 @@ pub enum AuthError {
     PayloadTooLarge,
     /// 415: the content type is missing or not `application/json`.
     UnsupportedMediaType,
-    /// 422: the email breaks the rules of API.md; the detail says which.
+    /// 422: the email breaks the rules of docs/api.md; the detail says which.
     InvalidEmail(&'static str),
     /// 422: the password is too short, too long or holds control characters.
     InvalidPassword(String),
@@ -64,7 +64,7 @@ impl AuthError {
         }
     }
 
-    /// The stable, machine-readable code of API.md.
+    /// The stable, machine-readable code of docs/api.md.
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidJson => "invalid_json",

@@ -1,4 +1,4 @@
-//! Passwords: the `NewPassword` newtype (NFKC, length, control characters, strength — API.md
+//! Passwords: the `NewPassword` newtype (NFKC, length, control characters, strength — docs/api.md
 //! "Password") and `Passwords`, the argon2id hasher. Hashing and verifying run on tokio's
 //! blocking pool so an argon2 run never stalls the async threads.
 

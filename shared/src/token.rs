@@ -16,7 +16,7 @@ use serde_json::json;
 use std::{fmt, time::Duration};
 use uuid::Uuid;
 
-/// Clock skew tolerated on `exp` (API.md allows at most 30 s).
+/// Clock skew tolerated on `exp` (docs/api.md allows at most 30 s).
 pub const LEEWAY_SECONDS: u64 = 30;
 /// The JWT `typ` of access tokens (RFC 9068).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";

@@ -1,5 +1,5 @@
 //! The Lambda handlers, called directly with a `lambda_http::Request` built here, against a
-//! real Postgres: status codes, headers and bodies as API.md gives them.
+//! real Postgres: status codes, headers and bodies as docs/api.md gives them.
 
 mod common;
 

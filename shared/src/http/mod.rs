@@ -17,7 +17,7 @@ use lambda_http::{
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// The largest request body accepted (API.md: 16 KiB).
+/// The largest request body accepted (docs/api.md: 16 KiB).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");

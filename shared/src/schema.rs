@@ -2,7 +2,7 @@
 //! refinery, and a check that the live `users` table is what the code expects. Only the CLI
 //! and the tests compile this (feature `migrations`); the Lambdas never migrate.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -215,4 +215,260 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
 
 fn describe(data_type: &str, nullable: bool) -> String {
     format!("{data_type} {}", if nullable { "NULL" } else { "NOT NULL" })
+}
+
+/// The audit table: the functions' role may read and append to it, never change or delete a row.
+pub const AUDIT_TABLE: &str = "auth_events";
+
+/// refinery's bookkeeping, which the functions never touch.
+const HISTORY_TABLE: &str = "refinery_schema_history";
+
+/// A database role name `authctl grants` accepts: what an unquoted SQL identifier may be (lower
+/// case, so the name typed here is the one `CREATE ROLE name` made), no reserved name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleName(String);
+
+impl RoleName {
+    /// Checks `name`; the error says what a valid name looks like.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let mut chars = name.chars();
+        let well_formed = name.len() <= 63
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !well_formed {
+            return Err(format!(
+                "--role {name:?} is not a role name: 1 to 63 characters a-z, 0-9 and _, not starting with a digit"
+            ));
+        }
+        if name.starts_with("pg_")
+            || [
+                "public",
+                "none",
+                "current_role",
+                "current_user",
+                "session_user",
+            ]
+            .contains(&name)
+        {
+            return Err(format!("--role {name:?} is a reserved role name"));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a quoted SQL identifier (it holds no quote: see [`RoleName::parse`]).
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
+/// The statements that give `role` what the functions need on this database and nothing more:
+/// CONNECT, USAGE on schema public, read and write on every table the migrations made but
+/// only read and append on the audit table, USAGE on the sequences, EXECUTE on the functions;
+/// no CREATE anywhere, no ownership. Revokes first, so applying them again leaves exactly these
+/// grants. The tables, sequences and functions are read from the catalog (schema public,
+/// without refinery's table and without extensions' objects), so a new migration's objects are
+/// covered without a list to keep in step; run it after `authctl migrate`.
+pub async fn grants(
+    client: &impl GenericClient,
+    role: &RoleName,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let names = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+        rows.iter().map(|r| r.get::<_, String>(0)).collect()
+    };
+    // Extensions' objects (pgcrypto's functions, say) are no part of what the migrations made.
+    let not_extension = |catalog: &str| {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM pg_depend d \
+             WHERE d.objid = o.oid AND d.classid = '{catalog}'::regclass AND d.deptype = 'e')"
+        )
+    };
+    let tables = names(
+        client
+            .query(
+                &format!(
+                    "SELECT format('%I', o.relname) FROM pg_class o \
+                     WHERE o.relnamespace = 'public'::regnamespace AND o.relkind IN ('r', 'p') \
+                       AND o.relname <> ALL ($1::text[]) AND {} ORDER BY o.relname",
+                    not_extension("pg_class")
+                ),
+                &[&vec![HISTORY_TABLE, AUDIT_TABLE]],
+            )
+            .await?,
+    );
+    let sequences = names(
+        client
+            .query(
+                &format!(
+                    "SELECT format('%I', o.relname) FROM pg_class o \
+                     WHERE o.relnamespace = 'public'::regnamespace AND o.relkind = 'S' \
+                       AND {} ORDER BY o.relname",
+                    not_extension("pg_class")
+                ),
+                &[],
+            )
+            .await?,
+    );
+    // regprocedure prints the signature, so every overload is named exactly.
+    let functions = names(
+        client
+            .query(
+                &format!(
+                    "SELECT o.oid::regprocedure::text FROM pg_proc o \
+                     WHERE o.pronamespace = 'public'::regnamespace AND o.prokind = 'f' \
+                       AND {} ORDER BY o.proname, o.oid",
+                    not_extension("pg_proc")
+                ),
+                &[],
+            )
+            .await?,
+    );
+    let database: String = client
+        .query_one("SELECT format('%I', current_database())", &[])
+        .await?
+        .get(0);
+
+    let to = role.quoted();
+    let mut sql = vec![
+        format!("REVOKE ALL ON DATABASE {database} FROM {to}"),
+        format!("REVOKE ALL ON SCHEMA public FROM {to}"),
+        format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {to}"),
+        format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {to}"),
+        format!("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM {to}"),
+        // Before PostgreSQL 15 every role may create tables in public; 15 and later revoke it
+        // by default, where this changes nothing.
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_owned(),
+        format!("GRANT CONNECT ON DATABASE {database} TO {to}"),
+        format!("GRANT USAGE ON SCHEMA public TO {to}"),
+    ];
+    if !tables.is_empty() {
+        sql.push(format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {} TO {to}",
+            tables.join(", ")
+        ));
+    }
+    sql.push(format!(
+        "GRANT SELECT, INSERT ON TABLE {AUDIT_TABLE} TO {to}"
+    ));
+    if !sequences.is_empty() {
+        sql.push(format!(
+            "GRANT USAGE ON SEQUENCE {} TO {to}",
+            sequences.join(", ")
+        ));
+    }
+    if !functions.is_empty() {
+        sql.push(format!(
+            "GRANT EXECUTE ON FUNCTION {} TO {to}",
+            functions.join(", ")
+        ));
+    }
+    Ok(sql)
+}
+
+/// What `role` could still do that the grants mean to rule out, one readable line each: being
+/// a superuser or able to create roles, owning (or being able to become the owner of) the
+/// database, schema public or a table, creating in the database or the schema, changing or
+/// deleting audit rows. Membership counts (a Neon Console role is a member of
+/// `neon_superuser`). Empty means the grants hold. `None` when the role does not exist.
+pub async fn grant_problems(
+    client: &impl GenericClient,
+    role: &RoleName,
+) -> Result<Option<Vec<String>>, tokio_postgres::Error> {
+    let audit = format!("public.{AUDIT_TABLE}");
+    let Some(row) = client
+        .query_opt(
+            "SELECT r.rolsuper, r.rolcreaterole, \
+                    pg_has_role(r.oid, d.datdba, 'MEMBER'), \
+                    pg_has_role(r.oid, n.nspowner, 'MEMBER'), \
+                    coalesce((SELECT string_agg(format('%I', c.relname), ', ' ORDER BY c.relname) \
+                              FROM pg_class c \
+                              WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p') \
+                                AND pg_has_role(r.oid, c.relowner, 'MEMBER')), ''), \
+                    has_database_privilege(r.oid, d.oid, 'CREATE'), \
+                    has_schema_privilege(r.oid, n.oid, 'CREATE'), \
+                    coalesce((SELECT string_agg(p, ', ' ORDER BY p) \
+                              FROM unnest(ARRAY['UPDATE', 'DELETE', 'TRUNCATE']) AS p \
+                              WHERE has_table_privilege(r.oid, to_regclass($2::text), p)), '') \
+             FROM pg_roles r, pg_database d, pg_namespace n \
+             WHERE r.rolname = $1::text AND d.datname = current_database() AND n.nspname = 'public'",
+            &[&role.as_str(), &audit],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut problems = Vec::new();
+    if row.get::<_, bool>(0) {
+        problems.push("is a superuser".to_owned());
+    }
+    if row.get::<_, bool>(1) {
+        problems.push("may create roles (CREATEROLE), and so grant itself more".to_owned());
+    }
+    if row.get::<_, bool>(2) {
+        problems.push("owns the database, or is a member of its owner".to_owned());
+    }
+    if row.get::<_, bool>(3) {
+        problems.push("owns schema public, or is a member of its owner".to_owned());
+    }
+    let owned: String = row.get(4);
+    if !owned.is_empty() {
+        problems.push(format!("owns, or is a member of the owner of, {owned}"));
+    }
+    if row.get::<_, bool>(5) {
+        problems.push("may create schemas in the database".to_owned());
+    }
+    if row.get::<_, bool>(6) {
+        problems.push("may create objects in schema public".to_owned());
+    }
+    let audit_rights: String = row.get(7);
+    if !audit_rights.is_empty() {
+        problems.push(format!("has {audit_rights} on {AUDIT_TABLE}"));
+    }
+    Ok(Some(problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RoleName;
+
+    #[test]
+    fn role_names_are_plain_identifiers_so_nothing_can_be_injected() {
+        assert_eq!(
+            RoleName::parse("auth_fn").map(|r| r.quoted()),
+            Ok("\"auth_fn\"".to_owned())
+        );
+        assert_eq!(
+            RoleName::parse("_a1").map(|r| r.quoted()),
+            Ok("\"_a1\"".to_owned())
+        );
+        for bad in [
+            "",
+            "1abc",
+            "Auth_Fn",
+            "auth-fn",
+            "auth fn",
+            "x\"; DROP TABLE users; --",
+            "a'b",
+            "é",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                RoleName::parse(bad).is_err_and(|e| e.contains("is not a role name")),
+                "{bad}"
+            );
+        }
+        for reserved in ["public", "pg_monitor", "current_user", "none"] {
+            assert!(
+                RoleName::parse(reserved).is_err_and(|e| e.contains("reserved")),
+                "{reserved}"
+            );
+        }
+        assert!(RoleName::parse(&"a".repeat(63)).is_ok());
+    }
 }

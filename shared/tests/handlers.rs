@@ -44,6 +44,34 @@ fn body(response: &Response<Body>) -> Value {
     serde_json::from_slice(response.body().as_ref()).expect("JSON body")
 }
 
+/// lambda_http sends a `Body::Binary` to API Gateway with `isBase64Encoded: true`; docs/api.md
+/// says every JSON and problem body goes as text.
+fn assert_text(response: &Response<Body>) {
+    assert!(
+        matches!(response.body(), Body::Text(_)),
+        "{} body is not Body::Text: {:?}",
+        response.status(),
+        response.body()
+    );
+}
+
+/// The RFC 9110 reason phrase, which RFC 9457 makes the title of an `about:blank` problem.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        other => panic!("no problem status {other} in the contract"),
+    }
+}
+
 fn assert_problem(response: &Response<Body>, status: u16, code: &str) -> Value {
     assert_eq!(response.status().as_u16(), status, "{:?}", body(response));
     assert_eq!(
@@ -54,7 +82,9 @@ fn assert_problem(response: &Response<Body>, status: u16, code: &str) -> Value {
     assert_eq!(problem["code"], code);
     assert_eq!(problem["status"], status);
     assert_eq!(problem["type"], "about:blank");
-    assert!(problem["title"].is_string() && problem["detail"].is_string());
+    assert_eq!(problem["title"], reason_phrase(status));
+    assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert_text(response);
     problem
 }
 
@@ -115,6 +145,32 @@ async fn register_login_and_me_answer_as_the_contract_says() {
         .expect("infallible");
     assert_eq!(response.status(), 200);
     assert_eq!(body(&response), user);
+}
+
+#[tokio::test]
+async fn json_and_problem_bodies_are_sent_as_text() {
+    let state = fresh_state(&[]).await;
+    let (email, _) = registered(&state).await;
+    let responses = [
+        handlers::register(&state, credentials(&unique_email(), STRONG_PASSWORD))
+            .await
+            .expect("infallible"),
+        handlers::login(&state, credentials(&email, STRONG_PASSWORD))
+            .await
+            .expect("infallible"),
+        handlers::login(&state, credentials(&email, "a wrong password!!"))
+            .await
+            .expect("infallible"),
+        handlers::register(&state, post("/auth/register", None, "{}"))
+            .await
+            .expect("infallible"),
+        handlers::me(&state, me(None)).await.expect("infallible"),
+    ];
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [201, 200, 401, 415, 401]);
+    for response in &responses {
+        assert_text(response);
+    }
 }
 
 #[tokio::test]

@@ -133,10 +133,14 @@ pub fn bearer(req: &Request) -> Bearer<'_> {
 }
 
 /// A JSON response with `Cache-Control: no-store` (auth responses are personal).
+///
+/// JSON goes out as `Body::Text`: lambda_http marks a `Body::Binary` as `isBase64Encoded`, and
+/// API Gateway would then base64-encode it on the way in and decode it on the way out for no
+/// gain (docs/api.md "Requests").
 pub fn json<T: Serialize>(status: u16, body: &T) -> Response<Body> {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => {
-            let mut response = respond(status, Body::Binary(bytes));
+    match serde_json::to_string(body) {
+        Ok(text) => {
+            let mut response = respond(status, Body::Text(text));
             response.headers_mut().insert(CONTENT_TYPE, JSON);
             response
         }
@@ -192,8 +196,8 @@ pub fn problem(error: &AuthError) -> Response<Body> {
         code: error.code(),
         detail: &detail,
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = respond(error.status(), Body::Binary(bytes));
+    let text = serde_json::to_string(&body).unwrap_or_default();
+    let mut response = respond(error.status(), Body::Text(text));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, PROBLEM_JSON);
     let challenge = match error {

@@ -49,21 +49,20 @@ impl Email {
         self.0.split_once('@').map_or(self.0.as_str(), |(l, _)| l)
     }
 
-    /// A form safe for logs: first character of the local part, then `***@domain`.
+    /// A form safe for logs: first character of the local part, then `***@domain`. Bounded by
+    /// [`MAX_EMAIL_CHARS`], since the domain is the validated, normalized one.
     pub fn masked(&self) -> String {
-        mask(&self.0)
+        let (local, domain) = self.0.split_once('@').unwrap_or(("", &self.0));
+        let first: String = local.chars().take(1).collect();
+        format!("{first}***@{domain}")
     }
 }
 
-/// Masks anything email-like for a log line; never returns the whole local part.
+/// Masks raw client input for a log line: the masked normalized email when the input is one,
+/// `***` otherwise. Raw input is never echoed, because what follows an `@` may be anything a
+/// client typed there (a password pasted into the wrong field, 16 KiB of junk).
 pub fn mask(raw: &str) -> String {
-    match raw.split_once('@') {
-        Some((local, domain)) => {
-            let first: String = local.chars().take(1).collect();
-            format!("{first}***@{domain}")
-        }
-        None => "***".to_owned(),
-    }
+    Email::parse(raw).map_or_else(|_| "***".to_owned(), |email| email.masked())
 }
 
 fn parse_local(local: &str) -> Result<String, AuthError> {
@@ -258,5 +257,15 @@ mod tests {
         assert_eq!(e.masked(), "s***@example.com");
         assert!(!format!("{e:?}").contains("secretname"));
         assert_eq!(mask("no-at-sign"), "***");
+    }
+
+    #[test]
+    fn masking_raw_input_shows_only_a_normalized_email() {
+        assert_eq!(mask("  Bob@Example.COM "), "b***@example.com");
+        assert_eq!(mask("bob@münchen.de"), "b***@xn--mnchen-3ya.de");
+        assert_eq!(mask("bob@example.com Hunter2!"), "***");
+        assert_eq!(mask(&format!("bob@{}.com", "x".repeat(16 * 1024))), "***");
+        assert_eq!(mask("a@b@example.com"), "***");
+        assert_eq!(mask(""), "***");
     }
 }

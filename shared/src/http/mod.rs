@@ -262,6 +262,68 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The runtime crates' own targets. At DEBUG and TRACE they log whole invocation events
+/// ("raw JSON event received from Lambda": bodies with passwords, headers with tokens), so no
+/// setting may lift them above INFO.
+pub const RUNTIME_LOG_TARGETS: [&str; 4] = [
+    "lambda_runtime",
+    "lambda_runtime_api_client",
+    "lambda_http",
+    "aws_lambda_events",
+];
+
+/// The functions' logging, built from what Lambda's advanced logging controls set, as
+/// lambda_runtime's default subscriber reads them: `aws_lambda_log_level`
+/// (`AWS_LAMBDA_LOG_LEVEL`) when set, else the `rust_log` directives (`RUST_LOG`), else INFO;
+/// JSON lines when `json` (`AWS_LAMBDA_LOG_FORMAT=JSON`). On top of that filter, a second one
+/// that no directive can override caps [`RUNTIME_LOG_TARGETS`] at INFO: a directive added to
+/// one `EnvFilter` would lose to a more specific one such as
+/// `lambda_runtime::layers::api_response=trace`.
+pub fn log_subscriber<W>(
+    aws_lambda_log_level: Option<&str>,
+    rust_log: Option<&str>,
+    json: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> lambda_http::tracing::subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use lambda_http::tracing::subscriber::{
+        EnvFilter, filter::LevelFilter, filter::Targets, fmt, layer::SubscriberExt, registry,
+    };
+    let requested = match aws_lambda_log_level
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        // Lambda's levels include FATAL, which tracing has not.
+        Some(level) if level.eq_ignore_ascii_case("fatal") => {
+            EnvFilter::default().add_directive(LevelFilter::ERROR.into())
+        }
+        Some(level) => EnvFilter::default().add_directive(
+            level
+                .parse::<LevelFilter>()
+                .unwrap_or(LevelFilter::INFO)
+                .into(),
+        ),
+        None => EnvFilter::builder()
+            .with_default_directive(LevelFilter::INFO.into())
+            .parse_lossy(rust_log.unwrap_or_default()),
+    };
+    let runtime_cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(RUNTIME_LOG_TARGETS.map(|target| (target, LevelFilter::INFO)));
+    let layer = fmt::layer()
+        .with_target(false)
+        .without_time()
+        .with_writer(writer);
+    let filtered = registry().with(requested).with(runtime_cap);
+    if json {
+        Box::new(filtered.with(layer.json()))
+    } else {
+        Box::new(filtered.with(layer))
+    }
+}
+
 /// The state lives as long as the process, so it is leaked into a `'static` reference rather
 /// than reference-counted.
 async fn serve<F, Fut>(handler: F, connect_at_init: bool) -> Result<(), lambda_http::Error>
@@ -269,7 +331,16 @@ where
     F: Fn(&'static AppState, Request) -> Fut,
     Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
 {
-    lambda_http::tracing::init_default_subscriber();
+    let env = |name| std::env::var(name).ok();
+    let json = env("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let subscriber = log_subscriber(
+        env("AWS_LAMBDA_LOG_LEVEL").as_deref(),
+        env("RUST_LOG").as_deref(),
+        json,
+        std::io::stdout,
+    );
+    // Only fails when a subscriber is already installed, which then keeps logging.
+    let _ = tracing::subscriber::set_global_default(subscriber);
     let state = AppState::from_env().inspect_err(|error| tracing::error!(%error, "init failed"))?;
     let state: &'static AppState = Box::leak(Box::new(state));
     if connect_at_init {

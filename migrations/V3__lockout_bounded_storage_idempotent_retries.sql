@@ -39,7 +39,10 @@ CREATE FUNCTION auth_refusal(
     p_now timestamptz, p_event text, p_reason text, p_user_id uuid, p_session_id uuid,
     p_source_ip text, p_user_agent text
 ) RETURNS void
-LANGUAGE sql AS $$
+-- Runs as the owner: the functions' role may only read and append audit rows (`authctl
+-- grants`), and raising a refusal's count is an UPDATE. The fixed search_path keeps a caller's
+-- objects out of the owner's statement.
+LANGUAGE sql SECURITY DEFINER SET search_path = public, pg_temp AS $$
     INSERT INTO auth_events AS e (occurred_at, event, user_id, session_id, source_ip, user_agent, reason, window_start)
     VALUES (p_now, p_event, p_user_id, p_session_id, p_source_ip, p_user_agent, p_reason,
             date_trunc('minute', p_now))

@@ -324,13 +324,8 @@ where
     }
 }
 
-/// The state lives as long as the process, so it is leaked into a `'static` reference rather
-/// than reference-counted.
-async fn serve<F, Fut>(handler: F, connect_at_init: bool) -> Result<(), lambda_http::Error>
-where
-    F: Fn(&'static AppState, Request) -> Fut,
-    Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
-{
+/// Installs [`log_subscriber`] from the process environment, at the start of every function.
+pub(crate) fn init_logging() {
     let env = |name| std::env::var(name).ok();
     let json = env("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
     let subscriber = log_subscriber(
@@ -341,6 +336,16 @@ where
     );
     // Only fails when a subscriber is already installed, which then keeps logging.
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// The state lives as long as the process, so it is leaked into a `'static` reference rather
+/// than reference-counted.
+async fn serve<F, Fut>(handler: F, connect_at_init: bool) -> Result<(), lambda_http::Error>
+where
+    F: Fn(&'static AppState, Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
+{
+    init_logging();
     let state = AppState::from_env().inspect_err(|error| tracing::error!(%error, "init failed"))?;
     let state: &'static AppState = Box::leak(Box::new(state));
     if connect_at_init {

@@ -30,7 +30,7 @@ pub async fn prune(state: &AppState) -> Result<Value, crate::error::AuthError> {
 /// prune fails the invocation, so the schedule's retry and the function's error metric see it.
 pub fn run_prune() -> Result<(), lambda_runtime::Error> {
     super::runtime()?.block_on(async {
-        lambda_runtime::tracing::init_default_subscriber();
+        super::init_logging();
         let state =
             AppState::from_env().inspect_err(|error| tracing::error!(%error, "init failed"))?;
         let state: &'static AppState = Box::leak(Box::new(state));

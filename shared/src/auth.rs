@@ -122,6 +122,9 @@ pub async fn register(
         }
         Err(e) => return Err(rejected("invalid_password", e).await),
     };
+    if crate::breach::is_breached(&state.config.password_breach, &password).await {
+        return Err(rejected("breached_password", AuthError::WeakPassword).await);
+    }
     let hash = state.passwords.hash(&password).await?;
     match store::insert_user(&state.db, &email, &hash, origin, now).await {
         Ok(user) => {

@@ -73,6 +73,32 @@ impl Default for Argon2Settings {
     }
 }
 
+/// `PASSWORD_BREACH_CHECK`: whether new passwords are looked up in a corpus of breached ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreachCheck {
+    /// `off` (the default): no lookup.
+    Off,
+    /// `hibp`: the Have I Been Pwned range API, with k-anonymity (see [`crate::breach`]).
+    Hibp,
+}
+
+/// The breached-password check (docs/api.md "Limits against guessing").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreachSettings {
+    /// `PASSWORD_BREACH_CHECK` (`off`): `off` or `hibp`.
+    pub check: BreachCheck,
+    /// `PASSWORD_BREACH_TIMEOUT_MS` (1000, from 100 to 10000): bound on one lookup, connecting
+    /// and TLS included; past it the password is let through with a warning.
+    pub timeout: Duration,
+    /// `PASSWORD_BREACH_API_URL` (`https://api.pwnedpasswords.com`): the range API's base.
+    /// `http://` only for a loopback host (a local stand-in), so no URL can send the prefix
+    /// over plain text.
+    pub api_url: url::Url,
+}
+
+/// Default of `PASSWORD_BREACH_API_URL`.
+pub const DEFAULT_BREACH_API_URL: &str = "https://api.pwnedpasswords.com";
+
 /// How access tokens are signed.
 #[derive(Debug, Clone)]
 pub enum SigningSettings {
@@ -116,6 +142,8 @@ pub struct Config {
     pub password_min_length: usize,
     /// `ARGON2_MEMORY_KIB`, `ARGON2_ITERATIONS`, `ARGON2_PARALLELISM`.
     pub argon2: Argon2Settings,
+    /// `PASSWORD_BREACH_CHECK`, `PASSWORD_BREACH_TIMEOUT_MS`, `PASSWORD_BREACH_API_URL`.
+    pub password_breach: BreachSettings,
     /// `REFRESH_REUSE_GRACE_SECONDS` (10): a rotated refresh token presented again this soon is
     /// a client race, not theft.
     pub refresh_grace: Duration,
@@ -198,6 +226,10 @@ impl Config {
             )?),
             password_min_length: number("PASSWORD_MIN_LENGTH", 12, 8, 64)? as usize,
             argon2,
+            password_breach: breach_settings(
+                &get,
+                Duration::from_millis(number("PASSWORD_BREACH_TIMEOUT_MS", 1_000, 100, 10_000)?),
+            )?,
             refresh_grace: Duration::from_secs(number("REFRESH_REUSE_GRACE_SECONDS", 10, 0, 300)?),
             session_idle: Duration::from_secs(number(
                 "SESSION_IDLE_SECONDS",
@@ -240,6 +272,57 @@ impl Config {
         key.extend_from_slice(material);
         key
     }
+}
+
+/// `PASSWORD_BREACH_CHECK` and `PASSWORD_BREACH_API_URL`, the URL checked even when the check
+/// is off, so turning it on later cannot meet a bad URL at the first registration.
+fn breach_settings(
+    get: &dyn Fn(&str) -> Option<String>,
+    timeout: Duration,
+) -> Result<BreachSettings, ConfigError> {
+    let check = match get("PASSWORD_BREACH_CHECK").as_deref().map(str::trim) {
+        None | Some("off") => BreachCheck::Off,
+        Some("hibp") => BreachCheck::Hibp,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "PASSWORD_BREACH_CHECK",
+                "must be `off` or `hibp`",
+            ));
+        }
+    };
+    let invalid = |problem: &str| ConfigError::new("PASSWORD_BREACH_API_URL", problem);
+    let raw = get("PASSWORD_BREACH_API_URL").unwrap_or_else(|| DEFAULT_BREACH_API_URL.to_owned());
+    let api_url = url::Url::parse(raw.trim()).map_err(|_| invalid("must be an absolute URL"))?;
+    let loopback = match api_url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match api_url.scheme() {
+        _ if api_url.host().is_none() => return Err(invalid("must name a host")),
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(invalid(
+                "must be https:// (http:// only for a loopback host)",
+            ));
+        }
+    }
+    if !api_url.username().is_empty()
+        || api_url.password().is_some()
+        || api_url.query().is_some()
+        || api_url.fragment().is_some()
+    {
+        return Err(invalid(
+            "must be a plain base URL (no credentials, query or fragment)",
+        ));
+    }
+    Ok(BreachSettings {
+        check,
+        timeout,
+        api_url,
+    })
 }
 
 /// RS256 when `JWT_PRIVATE_KEY` is set, else HS256 when `JWT_SECRET` is, else an error.
@@ -360,6 +443,49 @@ mod tests {
             ("PASSWORD_MIN_LENGTH", "8"),
         ]);
         assert_eq!(c.expect("8 is allowed").password_min_length, 8);
+    }
+
+    #[test]
+    fn the_breach_check_is_off_by_default_and_refuses_plain_text_to_a_remote_host() {
+        let base = [("DATABASE_URL", URL), ("JWT_SECRET", SECRET)];
+        let c = config(&base).expect("valid");
+        assert_eq!(c.password_breach.check, BreachCheck::Off);
+        assert_eq!(c.password_breach.timeout, Duration::from_millis(1_000));
+        assert_eq!(
+            c.password_breach.api_url.as_str(),
+            "https://api.pwnedpasswords.com/"
+        );
+
+        let with =
+            |pairs: &[(&'static str, &'static str)]| config(&[base.as_slice(), pairs].concat());
+        let c = with(&[
+            ("PASSWORD_BREACH_CHECK", "hibp"),
+            ("PASSWORD_BREACH_TIMEOUT_MS", "250"),
+            ("PASSWORD_BREACH_API_URL", "http://127.0.0.1:8080"),
+        ])
+        .expect("a loopback stand-in");
+        assert_eq!(c.password_breach.check, BreachCheck::Hibp);
+        assert_eq!(c.password_breach.timeout, Duration::from_millis(250));
+
+        for (k, v) in [
+            ("PASSWORD_BREACH_CHECK", "on"),
+            ("PASSWORD_BREACH_TIMEOUT_MS", "99"),
+            ("PASSWORD_BREACH_TIMEOUT_MS", "10001"),
+            ("PASSWORD_BREACH_API_URL", "http://api.pwnedpasswords.com"),
+            ("PASSWORD_BREACH_API_URL", "http://127.0.0.1.example.com"),
+            ("PASSWORD_BREACH_API_URL", "ftp://127.0.0.1"),
+            (
+                "PASSWORD_BREACH_API_URL",
+                "https://user:pw@api.pwnedpasswords.com",
+            ),
+            (
+                "PASSWORD_BREACH_API_URL",
+                "https://api.pwnedpasswords.com/?x=1",
+            ),
+            ("PASSWORD_BREACH_API_URL", "api.pwnedpasswords.com"),
+        ] {
+            assert_eq!(with(&[(k, v)]).expect_err(v).variable, k, "{k}={v}");
+        }
     }
 
     #[test]

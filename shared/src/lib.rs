@@ -8,6 +8,7 @@
 //! - [`http`]: the only module that knows `lambda_http`.
 
 pub mod auth;
+pub mod breach;
 pub mod config;
 pub mod db;
 pub mod email;

@@ -74,6 +74,11 @@ pub struct ConnectionSettings {
 /// Parses a libpq-style URL. Certificates are always verified, host name included, except
 /// under `sslmode=verify-ca` (chain only, as libpq defines it) and `sslmode=disable` (no TLS).
 /// `sslrootcert` in the URL wins over `PGSSLROOTCERT`; `sslrootcert=system` means the system roots.
+///
+/// Anything weaker than verified TLS (`sslmode=disable|allow|prefer`) is refused unless every
+/// host the URL names is loopback: the authority's hosts and those of `host=` and `hostaddr=`,
+/// which libpq and tokio-postgres add to the list they try, so neither can slip a remote server
+/// past the check.
 pub fn connection_settings(
     url: &str,
     env_root_cert: Option<&Path>,
@@ -88,55 +93,73 @@ pub fn connection_settings(
         verify_hostname: true,
         root_cert: env_root_cert.map(Path::to_path_buf),
     };
+    let mut explicit_sslmode = false;
     let mut kept: Vec<(String, String)> = Vec::new();
     for (key, value) in parsed.query_pairs() {
-        match (key.as_ref(), value.as_ref()) {
-            ("sslmode", "disable") => {
-                tls.enabled = false;
-                kept.push(("sslmode".into(), "disable".into()));
-            }
-            ("sslmode", "allow" | "prefer") => kept.push(("sslmode".into(), "prefer".into())),
-            ("sslmode", "require" | "verify-full") => {
-                kept.push(("sslmode".into(), "require".into()))
-            }
-            ("sslmode", "verify-ca") => {
-                tls.verify_hostname = false;
-                kept.push(("sslmode".into(), "require".into()));
-            }
+        // tokio-postgres lets the last sslmode win; so does everything derived from it here.
+        let (mode, verify_hostname) = match (key.as_ref(), value.as_ref()) {
+            ("sslmode", "disable") => ("disable", true),
+            ("sslmode", "allow" | "prefer") => ("prefer", true),
+            ("sslmode", "require" | "verify-full") => ("require", true),
+            ("sslmode", "verify-ca") => ("require", false),
             ("sslmode", _) => return Err(bad("has an unknown sslmode")),
-            ("sslrootcert", "system") => tls.root_cert = None,
-            ("sslrootcert", path) => tls.root_cert = Some(PathBuf::from(path)),
-            (k, v) => kept.push((k.to_owned(), v.to_owned())),
-        }
-    }
-    // libpq's default, `prefer`, silently falls back to plaintext. An auth service must not send
-    // passwords' hashes over the network in the clear by accident: without an explicit sslmode,
-    // TLS is required for every host but the loopback one.
-    let loopback = match parsed.host() {
-        // postgres:// is not a "special" URL scheme, so IPv4 hosts arrive as domains.
-        Some(url::Host::Domain(d)) => {
-            d == "localhost"
-                || d.parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => true,
-    };
-    if !loopback && !kept.iter().any(|(k, _)| k == "sslmode") {
-        kept.push(("sslmode".into(), "require".into()));
+            ("sslrootcert", "system") => {
+                tls.root_cert = None;
+                continue;
+            }
+            ("sslrootcert", path) => {
+                tls.root_cert = Some(PathBuf::from(path));
+                continue;
+            }
+            (k, v) => {
+                kept.push((k.to_owned(), v.to_owned()));
+                continue;
+            }
+        };
+        explicit_sslmode = true;
+        tls.verify_hostname = verify_hostname;
+        kept.push(("sslmode".into(), mode.into()));
     }
     if kept.is_empty() {
         parsed.set_query(None);
     } else {
         parsed.query_pairs_mut().clear().extend_pairs(kept);
     }
-    let pg = tokio_postgres::Config::from_str(parsed.as_str())
+    let mut pg = tokio_postgres::Config::from_str(parsed.as_str())
         .map_err(|_| bad("could not be parsed as a PostgreSQL connection URL"))?;
-    if pg.get_ssl_mode() == SslMode::Disable {
-        tls.enabled = false;
+    let local = pg.get_hosts().iter().all(is_local_host)
+        && pg.get_hostaddrs().iter().all(std::net::IpAddr::is_loopback);
+    if !local {
+        // libpq's default, `prefer`, silently falls back to plaintext; an auth service must not
+        // send password hashes and tokens over the network in the clear.
+        if !explicit_sslmode {
+            pg.ssl_mode(SslMode::Require);
+        }
+        if pg.get_ssl_mode() != SslMode::Require {
+            return Err(bad(
+                "asks for less than verified TLS (sslmode=disable, allow or prefer) for a host that \
+                 is not loopback; use sslmode=require, verify-full or verify-ca",
+            ));
+        }
     }
+    tls.enabled = pg.get_ssl_mode() != SslMode::Disable;
     Ok(ConnectionSettings { pg, tls })
+}
+
+/// Loopback: `localhost`, 127.0.0.0/8, `::1`, or a Unix socket. Anything else, a name that
+/// may resolve to loopback included, is treated as remote.
+fn is_local_host(host: &tokio_postgres::config::Host) -> bool {
+    match host {
+        tokio_postgres::config::Host::Tcp(name) => {
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => true,
+    }
 }
 
 fn tls_connector(tls: &TlsSettings) -> Result<postgres_native_tls::MakeTlsConnector, ConfigError> {
@@ -488,16 +511,92 @@ mod tests {
     fn without_an_sslmode_tls_is_required_except_on_loopback() {
         let s = connection_settings("postgres://u:p@db.example.com/db", None).expect("parses");
         assert_eq!(s.pg.get_ssl_mode(), SslMode::Require);
-        let s = connection_settings("postgres://u:p@db.example.com/db?sslmode=prefer", None)
-            .expect("parses");
-        assert_eq!(s.pg.get_ssl_mode(), SslMode::Prefer);
+        assert!(s.tls.enabled && s.tls.verify_hostname);
         for local in [
             "postgres://u:p@localhost/db",
+            "postgres://u:p@LOCALHOST/db",
             "postgres://u:p@127.0.0.1:5432/db",
+            "postgres://u:p@127.3.2.1/db",
             "postgres://u:p@[::1]/db",
+            "postgres://u:p@localhost,127.0.0.2/db?host=::1",
         ] {
             let s = connection_settings(local, None).expect("parses");
             assert_eq!(s.pg.get_ssl_mode(), SslMode::Prefer, "{local}");
         }
+    }
+
+    /// The error for a downgrade: names DATABASE_URL and never echoes the URL.
+    fn assert_downgrade_refused(url: &str) {
+        let e = connection_settings(url, None).expect_err(url);
+        assert_eq!(e.variable, "DATABASE_URL");
+        assert!(e.problem.contains("less than verified TLS"), "{url}: {e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn a_remote_host_refuses_sslmode_disable_allow_and_prefer() {
+        for mode in ["disable", "allow", "prefer"] {
+            assert_downgrade_refused(&format!(
+                "postgres://u:s3cret@db.example.com/db?sslmode={mode}"
+            ));
+            assert_downgrade_refused(&format!("postgres://u:s3cret@10.0.0.5/db?sslmode={mode}"));
+        }
+        // The last sslmode is the one tokio-postgres applies.
+        assert_downgrade_refused(
+            "postgres://u:s3cret@db.example.com/db?sslmode=require&sslmode=disable",
+        );
+        for verified in ["require", "verify-full", "verify-ca"] {
+            let url = format!("postgres://u:s3cret@db.example.com/db?sslmode={verified}");
+            let s = connection_settings(&url, None).expect(&url);
+            assert_eq!(s.pg.get_ssl_mode(), SslMode::Require, "{verified}");
+            assert!(s.tls.enabled);
+            assert_eq!(s.tls.verify_hostname, verified != "verify-ca");
+        }
+        let s = connection_settings(
+            "postgres://u:s3cret@db.example.com/db?sslmode=verify-ca&sslmode=verify-full",
+            None,
+        )
+        .expect("parses");
+        assert!(s.tls.verify_hostname, "the last sslmode wins");
+    }
+
+    #[test]
+    fn a_host_query_parameter_cannot_slip_a_remote_server_past_the_loopback_check() {
+        for url in [
+            "postgres://u:s3cret@localhost/db?host=db.example.com&sslmode=disable",
+            "postgres://u:s3cret@127.0.0.1/db?host=db.example.com&sslmode=prefer",
+            "postgres://u:s3cret@localhost/db?host=localhost,db.example.com&sslmode=allow",
+            "postgres://u:s3cret@localhost/db?hostaddr=203.0.113.5&sslmode=disable",
+            "postgres://u:s3cret@localhost/db?hostaddr=127.0.0.1,203.0.113.5&sslmode=disable",
+            "postgres://u:s3cret@localhost,db.example.com/db?sslmode=prefer",
+            "postgres:///db?host=db.example.com,/var/run/postgresql&sslmode=disable",
+            "postgres://u:s3cret@[::1]/db?host=::ffff:127.0.0.1&sslmode=disable",
+        ] {
+            assert_downgrade_refused(url);
+        }
+        // Without an sslmode, a remote host among them makes TLS required.
+        let s = connection_settings("postgres://u:p@localhost/db?host=db.example.com", None)
+            .expect("parses");
+        assert_eq!(s.pg.get_ssl_mode(), SslMode::Require);
+    }
+
+    #[test]
+    fn loopback_hosts_and_unix_sockets_may_go_without_tls() {
+        for url in [
+            "postgres://u:p@localhost/db?host=127.0.0.2&sslmode=disable",
+            "postgres://u:p@127.0.0.1/db?hostaddr=127.0.0.1&sslmode=disable",
+            "postgres:///db?host=/var/run/postgresql&sslmode=disable",
+            "postgres://u:p@%2Ftmp%2Fpg/db?sslmode=prefer",
+            "postgres://u:p@[::1]:5432/db?sslmode=allow",
+        ] {
+            let s = connection_settings(url, None).expect(url);
+            assert_ne!(s.pg.get_ssl_mode(), SslMode::Require, "{url}");
+        }
+        let s = connection_settings(
+            "postgres:///db?host=/var/run/postgresql&sslmode=disable",
+            None,
+        )
+        .expect("parses");
+        assert!(!s.tls.enabled);
     }
 }

@@ -136,6 +136,7 @@ step "end-to-end HTTP: gateway.py on :$E2E_PORT → cargo lambda watch --release
 # Every request comes from 127.0.0.1: raise the per-IP limit (the check still runs).
 export DATABASE_URL="$BENCH_DATABASE_URL" AWS_LAMBDA_LOG_LEVEL=WARN IP_RATE_LIMIT_PER_MINUTE=1000000 JWT_SECRET
 JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
+export DATA_ENCRYPTION_KEY="${DATA_ENCRYPTION_KEY:-$(python3 -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())')}"
 unset JWT_ISSUER JWT_AUDIENCE JWT_PRIVATE_KEY ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH DATABASE_POOL_MAX_SIZE
 start_gateway "$E2E_PORT" >"$OUT/logs/gateway.log" 2>&1
 # shellcheck disable=SC2046

@@ -74,7 +74,8 @@ DATABASE_URL="$E2E_URL" cargo run --quiet -p cli --bin authctl -- verify
 cargo build --quiet --bin register --bin login --bin protected --bin refresh --bin logout --bin keys
 # The suite runs against the default settings (limits on): each test uses its own loopback
 # source address, which the local gateway passes on as requestContext.http.sourceIp.
-export JWT_PRIVATE_KEY JWT_KEY_ID=e2e-key
+export JWT_PRIVATE_KEY JWT_KEY_ID=e2e-key DATA_ENCRYPTION_KEY
+DATA_ENCRYPTION_KEY="$(openssl rand -base64 32)"
 JWT_PRIVATE_KEY="$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null)"
 e2e "$E2E_PORT" "$E2E_URL"
 

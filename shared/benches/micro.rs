@@ -81,15 +81,21 @@ fn jwt(c: &mut Criterion) {
 }
 
 fn keys_from(settings: &[(&str, &str)]) -> TokenKeys {
-    let config = Config::from_lookup(|name| {
-        if name == "DATABASE_URL" {
-            return Some("postgres://u:p@127.0.0.1/db?sslmode=disable".into());
-        }
-        settings
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    })
+    let config = Config::from_lookup_for(
+        shared::config::Uses {
+            data_key: false,
+            ..shared::config::Uses::ALL
+        },
+        |name| {
+            if name == "DATABASE_URL" {
+                return Some("postgres://u:p@127.0.0.1/db?sslmode=disable".into());
+            }
+            settings
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        },
+    )
     .expect("config");
     TokenKeys::from_config(&config).expect("token keys")
 }

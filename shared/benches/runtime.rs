@@ -525,6 +525,11 @@ impl Instance {
             .env("AWS_REGION", "us-east-1")
             .env("DATABASE_URL", &env.database_url)
             .env("JWT_SECRET", &env.jwt_secret)
+            // Any 32 bytes in base64: the refresh function derives its successor key from it.
+            .env(
+                "DATA_ENCRYPTION_KEY",
+                "YmVuY2gtZGF0YS1lbmNyeXB0aW9uLWtleS0zMmJ5dGU=",
+            )
             .envs(env.extra.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -125,7 +125,7 @@ pub async fn register(
     if crate::breach::is_breached(&state.config.password_breach, &password).await {
         return Err(rejected("breached_password", AuthError::WeakPassword).await);
     }
-    let hash = state.passwords.hash(&password).await?;
+    let hash = state.passwords()?.hash(&password).await?;
     match store::insert_user(&state.db, &email, &hash, origin, now).await {
         Ok(user) => {
             tracing::info!(event = "user.registered", user_id = %user.id, email = %email.masked());
@@ -194,7 +194,7 @@ pub async fn login(
     }
 
     let stored = found.as_ref().map(|f| f.hashed_password.as_str());
-    let matched = state.passwords.verify(&password, stored).await?;
+    let matched = state.passwords()?.verify(&password, stored).await?;
     let failure = match (&email, &found) {
         (None, _) => Some("malformed_email"),
         (Some(_), None) => Some("unknown_email"),
@@ -215,7 +215,7 @@ pub async fn login(
         audit(state, failed("account_disabled", false), origin).await;
         return Err(AuthError::AccountDisabled);
     }
-    if state.passwords.needs_rehash(&found.hashed_password) {
+    if state.passwords()?.needs_rehash(&found.hashed_password) {
         rehash(state, user, &found.hashed_password, &password).await;
     }
 
@@ -259,7 +259,10 @@ fn issue(
 
 /// Upgrades a stored hash to the current parameters. A failure here must not fail the login.
 async fn rehash(state: &AppState, user: &User, old: &str, password: &str) {
-    let Ok(new) = state.passwords.rehash(password).await else {
+    let Ok(passwords) = state.passwords() else {
+        return;
+    };
+    let Ok(new) = passwords.rehash(password).await else {
         return;
     };
     match store::update_password_hash(&state.db, user.id, old, &new).await {
@@ -287,7 +290,7 @@ pub async fn refresh(
         .await;
         return Err(AuthError::InvalidToken);
     };
-    let next = refresh::successor(&state.refresh_key, &raw);
+    let next = refresh::successor(state.refresh_key()?, &raw);
     let refreshed = store::refresh(
         &state.db,
         &refresh::hash(&raw),

@@ -99,14 +99,48 @@ pub struct BreachSettings {
 /// Default of `PASSWORD_BREACH_API_URL`.
 pub const DEFAULT_BREACH_API_URL: &str = "https://api.pwnedpasswords.com";
 
+/// The secrets a function reads: its init requires, fetches and builds only these (least
+/// privilege, docs/api.md "Configuration"). Settings that are not secrets are read by all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Uses {
+    /// `DATABASE_URL`.
+    pub database: bool,
+    /// The signing key (`JWT_PRIVATE_KEY`), or public keys alone (`JWT_PUBLIC_KEYS`) under
+    /// RS256 when the function only verifies tokens or publishes the key set. HS256 has one
+    /// secret for both.
+    pub signing: KeyUse,
+    /// `DATA_ENCRYPTION_KEY`.
+    pub data_key: bool,
+}
+
+/// What a function does with the token keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Signs access tokens: needs the private key.
+    Sign,
+    /// Verifies or publishes: the public keys are enough.
+    Verify,
+}
+
+impl Uses {
+    /// Everything: `authctl` and the tests.
+    pub const ALL: Uses = Uses {
+        database: true,
+        signing: KeyUse::Sign,
+        data_key: true,
+    };
+}
+
 /// How access tokens are signed.
 #[derive(Debug, Clone)]
 pub enum SigningSettings {
     /// RS256 with `JWT_PRIVATE_KEY` (PEM), named `JWT_KEY_ID` (else its RFC 7638 thumbprint),
     /// plus `JWT_PUBLIC_KEYS`: older public keys still accepted, by kid, during a rotation.
+    /// A function that only verifies or publishes gets no private key: its `JWT_PUBLIC_KEYS`
+    /// then holds every accepted key, the current one included.
     Rs256 {
-        /// PKCS#8 or PKCS#1 PEM.
-        private_key_pem: Secret<String>,
+        /// PKCS#8 or PKCS#1 PEM; `None` in a function that does not sign.
+        private_key_pem: Option<Secret<String>>,
         /// The `kid` of the current key, if set.
         key_id: Option<String>,
         /// (kid, PEM public key) pairs.
@@ -122,8 +156,12 @@ pub enum SigningSettings {
 /// The service's settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `DATABASE_URL`: a postgres:// URL, Neon's console form included.
-    pub database_url: Secret<String>,
+    /// `DATABASE_URL`: a postgres:// URL, Neon's console form included; `None` in a function
+    /// that uses no database (`keys`).
+    pub database_url: Option<Secret<String>>,
+    /// `DATA_ENCRYPTION_KEY`: 32 random bytes, base64, the root of every derived key
+    /// ([`crate::keys`]); `None` in a function that derives none.
+    pub data_encryption_key: Option<crate::keys::DataKey>,
     /// `PGSSLROOTCERT`: PEM file of roots trusted for the database's TLS (system roots otherwise).
     pub ssl_root_cert: Option<PathBuf>,
     /// `DATABASE_POOL_MAX_SIZE` (1): one Lambda instance serves one request at a time.
@@ -175,20 +213,41 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads settings through `lookup` (the environment in production, a map in tests).
+    /// Reads settings through `lookup` (the environment in production, a map in tests), every
+    /// secret required.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_lookup_for(Uses::ALL, lookup)
+    }
+
+    /// Reads the settings of a function that uses only `uses` of the secrets: the others are
+    /// neither required nor read.
+    pub fn from_lookup_for(
+        uses: Uses,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
 
-        let database_url = get("DATABASE_URL")
-            .ok_or_else(|| ConfigError::new("DATABASE_URL", "is required (a postgres:// URL)"))?;
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                "must be a postgres:// or postgresql:// URL",
-            ));
-        }
+        let database_url = if uses.database {
+            let url = get("DATABASE_URL").ok_or_else(|| {
+                ConfigError::new("DATABASE_URL", "is required (a postgres:// URL)")
+            })?;
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::new(
+                    "DATABASE_URL",
+                    "must be a postgres:// or postgresql:// URL",
+                ));
+            }
+            Some(Secret::new(url))
+        } else {
+            None
+        };
+        let data_encryption_key = if uses.data_key {
+            Some(data_encryption_key(&get)?)
+        } else {
+            None
+        };
 
-        let signing = signing_settings(&get)?;
+        let signing = signing_settings(&get, uses.signing)?;
 
         let number =
             |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
@@ -211,7 +270,8 @@ impl Config {
         };
 
         Ok(Self {
-            database_url: Secret::new(database_url),
+            database_url,
+            data_encryption_key,
             ssl_root_cert: get("PGSSLROOTCERT").map(PathBuf::from),
             pool_max_size: number("DATABASE_POOL_MAX_SIZE", 1, 1, 100)? as usize,
             db_timeout: Duration::from_millis(number("DATABASE_TIMEOUT_MS", 3_000, 100, 20_000)?),
@@ -256,21 +316,6 @@ impl Config {
             )?),
             audit_retention_days: number("AUDIT_RETENTION_DAYS", 90, 1, 3_650)? as u32,
         })
-    }
-
-    /// The HMAC key that derives a rotated refresh token's successor, so that a client racing
-    /// inside the grace window gets the same successor without it ever being stored. Derived
-    /// from the signing secret, which every function has.
-    pub fn refresh_derivation_key(&self) -> Vec<u8> {
-        let material: &[u8] = match &self.signing {
-            SigningSettings::Rs256 {
-                private_key_pem, ..
-            } => private_key_pem.expose().as_bytes(),
-            SigningSettings::Hs256 { secret } => secret.expose(),
-        };
-        let mut key = b"auth-lambda refresh successor v1\0".to_vec();
-        key.extend_from_slice(material);
-        key
     }
 }
 
@@ -325,17 +370,58 @@ fn breach_settings(
     })
 }
 
-/// RS256 when `JWT_PRIVATE_KEY` is set, else HS256 when `JWT_SECRET` is, else an error.
-fn signing_settings(get: &dyn Fn(&str) -> Option<String>) -> Result<SigningSettings, ConfigError> {
-    if let Some(pem) = get("JWT_PRIVATE_KEY") {
-        // One-line forms (.env files, some consoles) carry the PEM's newlines as "\n".
-        let pem = pem.replace("\\n", "\n");
-        if !pem.contains("PRIVATE KEY-----") {
-            return Err(ConfigError::new(
-                "JWT_PRIVATE_KEY",
-                "must be a PEM private key",
-            ));
-        }
+/// `DATA_ENCRYPTION_KEY`: exactly 32 bytes in standard base64 (`openssl rand -base64 32`).
+fn data_encryption_key(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::keys::DataKey, ConfigError> {
+    use base64::Engine as _;
+    const NAME: &str = "DATA_ENCRYPTION_KEY";
+    let raw = get(NAME).ok_or_else(|| {
+        ConfigError::new(
+            NAME,
+            "is required (32 random bytes in base64: `openssl rand -base64 32`)",
+        )
+    })?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(raw.trim())
+        .map_err(|_| ConfigError::new(NAME, "must be base64 (`openssl rand -base64 32`)"))?;
+    let key: [u8; crate::keys::KEY_BYTES] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+        ConfigError::new(
+            NAME,
+            format!("must decode to 32 bytes, not {}", bytes.len()),
+        )
+    })?;
+    Ok(Secret::new(key))
+}
+
+/// RS256 when `JWT_PRIVATE_KEY` is set, or for a function that only verifies, when
+/// `JWT_PUBLIC_KEYS` is; else HS256 when `JWT_SECRET` is; else an error.
+fn signing_settings(
+    get: &dyn Fn(&str) -> Option<String>,
+    key_use: KeyUse,
+) -> Result<SigningSettings, ConfigError> {
+    // Locally one environment serves every function, so a verifier may find the private key
+    // and derive the public one from it; in the cloud it is given the public keys only.
+    let private_key = get("JWT_PRIVATE_KEY");
+    let public_only = key_use == KeyUse::Verify
+        && private_key.is_none()
+        && get("JWT_SECRET").is_none()
+        && get("JWT_PUBLIC_KEYS").is_some();
+    if private_key.is_some() || public_only {
+        let pem = match private_key {
+            Some(pem) => {
+                // One-line forms (.env files, some consoles) carry the PEM's newlines as "\n".
+                let pem = pem.replace("\\n", "\n");
+                if !pem.contains("PRIVATE KEY-----") {
+                    return Err(ConfigError::new(
+                        "JWT_PRIVATE_KEY",
+                        "must be a PEM private key",
+                    ));
+                }
+                Some(Secret::new(pem))
+            }
+            None => None,
+        };
         let extra_public_keys = match get("JWT_PUBLIC_KEYS") {
             None => Vec::new(),
             Some(raw) => {
@@ -359,8 +445,14 @@ fn signing_settings(get: &dyn Fn(&str) -> Option<String>) -> Result<SigningSetti
                     .collect::<Result<_, _>>()?
             }
         };
+        if pem.is_none() && extra_public_keys.is_empty() {
+            return Err(ConfigError::new(
+                "JWT_PUBLIC_KEYS",
+                "is required where JWT_PRIVATE_KEY is not given (the public keys to verify with)",
+            ));
+        }
         return Ok(SigningSettings::Rs256 {
-            private_key_pem: Secret::new(pem),
+            private_key_pem: pem,
             key_id: get("JWT_KEY_ID"),
             extra_public_keys,
         });
@@ -390,12 +482,78 @@ mod tests {
     const URL: &str = "postgres://app:hunter2-secret@ep-x-pooler.neon.tech/db?sslmode=require";
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
+    const DATA_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    /// Settings from `pairs`, with a valid DATA_ENCRYPTION_KEY unless `pairs` sets one.
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_lookup(|k| map.get(k).cloned())
+        config_for(Uses::ALL, pairs)
+    }
+
+    fn config_for(uses: Uses, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut map: HashMap<String, String> =
+            HashMap::from([("DATA_ENCRYPTION_KEY".to_owned(), DATA_KEY.to_owned())]);
+        map.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::from_lookup_for(uses, |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn the_data_encryption_key_is_required_as_32_bytes_of_base64() {
+        let base = [("DATABASE_URL", URL), ("JWT_SECRET", SECRET)];
+        let c = config(&base).expect("valid");
+        let key = c.data_encryption_key.expect("read");
+        assert_eq!(key.expose()[..4], [0, 1, 2, 3]);
+        for (value, problem) in [
+            ("", "is required"),
+            ("not base64!", "must be base64"),
+            ("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==", "not 31"),
+            ("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g", "not 33"),
+        ] {
+            let e = config(&[base.as_slice(), &[("DATA_ENCRYPTION_KEY", value)]].concat())
+                .expect_err(value);
+            assert_eq!(e.variable, "DATA_ENCRYPTION_KEY", "{value}");
+            assert!(e.problem.contains(problem), "{value}: {}", e.problem);
+            assert!(value.is_empty() || !e.to_string().contains(value));
+        }
+        let shown = format!("{:?}", config(&base).expect("valid"));
+        assert!(
+            shown.contains("data_encryption_key: Some([redacted])"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_function_reads_only_the_secrets_it_uses() {
+        let keys = Uses {
+            database: false,
+            signing: KeyUse::Verify,
+            data_key: false,
+        };
+        let public = r#"{"k1":"-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n"}"#;
+        // No database URL, no private key, no data key: none is asked for.
+        let c = Config::from_lookup_for(keys, |k| {
+            (k == "JWT_PUBLIC_KEYS").then(|| public.to_owned())
+        })
+        .expect("a verifier needs only public keys");
+        assert!(c.database_url.is_none() && c.data_encryption_key.is_none());
+        assert!(matches!(
+            c.signing,
+            SigningSettings::Rs256 {
+                private_key_pem: None,
+                ..
+            }
+        ));
+        // A signer without its key is refused, naming the setting.
+        let signer = Uses {
+            signing: KeyUse::Sign,
+            ..keys
+        };
+        let e = Config::from_lookup_for(signer, |k| {
+            (k == "JWT_PUBLIC_KEYS").then(|| public.to_owned())
+        })
+        .expect_err("no private key");
+        assert_eq!(e.variable, "JWT_SECRET");
+        let e = Config::from_lookup_for(keys, |_| None).expect_err("no keys at all");
+        assert_eq!(e.variable, "JWT_SECRET");
     }
 
     #[test]

@@ -229,8 +229,12 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Builds the pool from the settings. No connection is made here.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let url = config.database_url.as_ref().ok_or_else(|| ConfigError {
+            variable: "DATABASE_URL",
+            problem: "is required (a postgres:// URL)".into(),
+        })?;
         Self::new(
-            config.database_url.expose(),
+            url.expose(),
             config.ssl_root_cert.as_deref(),
             config.pool_max_size,
             config.db_timeout,

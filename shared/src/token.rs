@@ -108,7 +108,8 @@ pub struct IssuedToken {
 #[derive(Clone)]
 pub struct TokenKeys {
     algorithm: Algorithm,
-    encoding: EncodingKey,
+    /// `None` in a function that only verifies or publishes (no private key given).
+    encoding: Option<EncodingKey>,
     key_id: Option<String>,
     /// Every key a token may be verified with: by kid under RS256, one unnamed key under HS256.
     decoding: Vec<(Option<String>, DecodingKey)>,
@@ -145,7 +146,7 @@ impl TokenKeys {
         let (algorithm, encoding, key_id, decoding, jwks) = match &config.signing {
             SigningSettings::Hs256 { secret } => (
                 Algorithm::HS256,
-                EncodingKey::from_secret(secret.expose()),
+                Some(EncodingKey::from_secret(secret.expose())),
                 None,
                 vec![(None, DecodingKey::from_secret(secret.expose()))],
                 Vec::new(),
@@ -155,22 +156,36 @@ impl TokenKeys {
                 key_id,
                 extra_public_keys,
             } => {
-                let encoding = EncodingKey::from_rsa_pem(private_key_pem.expose().as_bytes())
-                    .map_err(|_| bad("JWT_PRIVATE_KEY", "is not an RSA private key in PEM form"))?;
-                let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256)
-                    .map_err(|_| bad("JWT_PRIVATE_KEY", "is not a usable RSA key"))?;
-                let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
-                    return Err(bad("JWT_PRIVATE_KEY", "is not an RSA key"));
+                let (mut decoding, mut jwks, encoding, kid) = match private_key_pem {
+                    Some(private_key_pem) => {
+                        let encoding =
+                            EncodingKey::from_rsa_pem(private_key_pem.expose().as_bytes())
+                                .map_err(|_| {
+                                    bad("JWT_PRIVATE_KEY", "is not an RSA private key in PEM form")
+                                })?;
+                        let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256)
+                            .map_err(|_| bad("JWT_PRIVATE_KEY", "is not a usable RSA key"))?;
+                        let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
+                            return Err(bad("JWT_PRIVATE_KEY", "is not an RSA key"));
+                        };
+                        let kid = key_id
+                            .clone()
+                            .unwrap_or_else(|| jwk.thumbprint(ThumbprintHash::SHA256));
+                        let current = DecodingKey::from_rsa_components(&rsa.n, &rsa.e)
+                            .map_err(|_| bad("JWT_PRIVATE_KEY", "is not a usable RSA key"))?;
+                        (
+                            vec![(Some(kid.clone()), current)],
+                            vec![rsa_jwk(&kid, &rsa.n, &rsa.e)],
+                            Some(encoding),
+                            Some(kid),
+                        )
+                    }
+                    // A verifier: every accepted key, the current one included, is in
+                    // JWT_PUBLIC_KEYS.
+                    None => (Vec::new(), Vec::new(), None, key_id.clone()),
                 };
-                let kid = key_id
-                    .clone()
-                    .unwrap_or_else(|| jwk.thumbprint(ThumbprintHash::SHA256));
-                let current = DecodingKey::from_rsa_components(&rsa.n, &rsa.e)
-                    .map_err(|_| bad("JWT_PRIVATE_KEY", "is not a usable RSA key"))?;
-                let mut decoding = vec![(Some(kid.clone()), current)];
-                let mut jwks = vec![rsa_jwk(&kid, &rsa.n, &rsa.e)];
                 for (extra_kid, pem) in extra_public_keys {
-                    if *extra_kid == kid {
+                    if encoding.is_some() && kid.as_ref() == Some(extra_kid) {
                         return Err(bad("JWT_PUBLIC_KEYS", "repeats the kid of the current key"));
                     }
                     let (n, e) = rsa_public_components(pem).ok_or_else(|| {
@@ -186,7 +201,7 @@ impl TokenKeys {
                     decoding.push((Some(extra_kid.clone()), key));
                     jwks.push(rsa_jwk(extra_kid, &n, &e));
                 }
-                (Algorithm::RS256, encoding, Some(kid), decoding, jwks)
+                (Algorithm::RS256, encoding, kid, decoding, jwks)
             }
         };
         let mut validation = Validation::new(algorithm);
@@ -232,7 +247,13 @@ impl TokenKeys {
         let mut header = Header::new(self.algorithm);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
         header.kid.clone_from(&self.key_id);
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)?;
+        // Only a function given the private key issues tokens; reaching here without one is a
+        // wiring mistake, answered as an internal error by the caller.
+        let encoding = self
+            .encoding
+            .as_ref()
+            .ok_or(jsonwebtoken::errors::ErrorKind::InvalidKeyFormat)?;
+        let token = jsonwebtoken::encode(&header, &claims, encoding)?;
         Ok(IssuedToken {
             token,
             expires_in: ttl,
@@ -400,16 +421,22 @@ mod tests {
     const SECRET: &str = "an-hs256-test-secret-of-32-bytes!";
 
     fn config_with(pairs: &[(&str, &str)]) -> Config {
-        Config::from_lookup(|k| {
-            pairs
-                .iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| (*v).to_owned())
-                .or_else(|| match k {
-                    "DATABASE_URL" => Some("postgres://u:p@localhost/db".into()),
-                    _ => None,
-                })
-        })
+        Config::from_lookup_for(
+            crate::config::Uses {
+                data_key: false,
+                ..crate::config::Uses::ALL
+            },
+            |k| {
+                pairs
+                    .iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| (*v).to_owned())
+                    .or_else(|| match k {
+                        "DATABASE_URL" => Some("postgres://u:p@localhost/db".into()),
+                        _ => None,
+                    })
+            },
+        )
         .expect("config")
     }
 

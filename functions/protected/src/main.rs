@@ -1,5 +1,5 @@
 //! `GET /auth/me`: see `shared::http::handlers::me`.
 
 fn main() -> Result<(), lambda_http::Error> {
-    shared::http::run(shared::http::handlers::me)
+    shared::http::run(shared::Function::Me, shared::http::handlers::me)
 }

@@ -10,6 +10,7 @@ use crate::{
     auth::{self, Credentials, Tokens},
     error::AuthError,
     store::User,
+    token::TokenKeys,
 };
 use chrono::SecondsFormat;
 use lambda_http::{Body, Error, Request, Response};
@@ -137,11 +138,11 @@ pub async fn logout(state: &AppState, req: Request) -> Result<Response<Body>, Er
 }
 
 /// `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`, cacheable.
-pub async fn keys(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+pub async fn keys(tokens: &TokenKeys, req: Request) -> Result<Response<Body>, Error> {
     let document = if req.uri().path().ends_with("/openid-configuration") {
-        state.tokens.discovery_json()
+        tokens.discovery_json()
     } else {
-        state.tokens.jwks_json()
+        tokens.jwks_json()
     };
     Ok(public_json(document, KEYS_MAX_AGE_SECS))
 }

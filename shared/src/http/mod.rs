@@ -5,7 +5,7 @@
 pub mod handlers;
 pub mod schedule;
 
-use crate::{AppState, error::AuthError, origin::Origin};
+use crate::{AppState, config::ConfigError, error::AuthError, origin::Origin};
 use lambda_http::{
     Body, Request, RequestExt, Response,
     http::{
@@ -233,22 +233,43 @@ pub fn render<T>(
 /// The whole of every function's `main`: a runtime sized for Lambda, logging (JSON under
 /// `AWS_LAMBDA_LOG_FORMAT=JSON`), the state built once per cold start (a bad setting fails init
 /// with a message naming it), a database connection opened during init, then the runtime loop.
-pub fn run<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+/// Only the parts `function` uses are built, from only the secrets it uses ([`crate::Function`],
+/// [`crate::secrets`]).
+pub fn run<F, Fut>(function: crate::Function, handler: F) -> Result<(), lambda_http::Error>
 where
     F: Fn(&'static AppState, Request) -> Fut,
     Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
 {
-    runtime()?.block_on(serve(handler, true))
+    runtime()?.block_on(serve(function, handler))
 }
 
-/// [`run`] for a function that never queries the database (`keys`): no connection at init, so
-/// it holds none of the database's connection slots.
+/// [`run`] for the function that never queries the database (`keys`): it builds the key set
+/// and discovery document alone, with no database URL, pool or private key.
 pub fn run_without_database<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
 where
-    F: Fn(&'static AppState, Request) -> Fut,
+    F: Fn(&'static crate::token::TokenKeys, Request) -> Fut,
     Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
 {
-    runtime()?.block_on(serve(handler, false))
+    runtime()?.block_on(async {
+        init_logging();
+        let config = crate::secrets::config_for(crate::Function::Keys.uses(), env_var)
+            .await
+            .inspect_err(|error| tracing::error!(%error, "init failed"))?;
+        let tokens = crate::token::TokenKeys::from_config(&config)
+            .inspect_err(|error| tracing::error!(%error, "init failed"))?;
+        let tokens: &'static crate::token::TokenKeys = Box::leak(Box::new(tokens));
+        lambda_http::run(lambda_http::service_fn(move |req| handler(tokens, req))).await
+    })
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The state of a database function, built from the environment and the secrets it names.
+pub(crate) async fn init_state(function: crate::Function) -> Result<AppState, ConfigError> {
+    let config = crate::secrets::config_for(function.uses(), env_var).await?;
+    AppState::for_function(config, function)
 }
 
 /// An instance serves one request at a time, so one thread for the async work and one for
@@ -340,17 +361,17 @@ pub(crate) fn init_logging() {
 
 /// The state lives as long as the process, so it is leaked into a `'static` reference rather
 /// than reference-counted.
-async fn serve<F, Fut>(handler: F, connect_at_init: bool) -> Result<(), lambda_http::Error>
+async fn serve<F, Fut>(function: crate::Function, handler: F) -> Result<(), lambda_http::Error>
 where
     F: Fn(&'static AppState, Request) -> Fut,
     Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
 {
     init_logging();
-    let state = AppState::from_env().inspect_err(|error| tracing::error!(%error, "init failed"))?;
+    let state = init_state(function)
+        .await
+        .inspect_err(|error| tracing::error!(%error, "init failed"))?;
     let state: &'static AppState = Box::leak(Box::new(state));
-    if connect_at_init {
-        state.db.warm_up().await;
-    }
+    state.db.warm_up().await;
     lambda_http::run(lambda_http::service_fn(move |req| handler(state, req))).await
 }
 

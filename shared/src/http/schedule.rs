@@ -31,8 +31,9 @@ pub async fn prune(state: &AppState) -> Result<Value, crate::error::AuthError> {
 pub fn run_prune() -> Result<(), lambda_runtime::Error> {
     super::runtime()?.block_on(async {
         super::init_logging();
-        let state =
-            AppState::from_env().inspect_err(|error| tracing::error!(%error, "init failed"))?;
+        let state = super::init_state(crate::Function::Prune)
+            .await
+            .inspect_err(|error| tracing::error!(%error, "init failed"))?;
         let state: &'static AppState = Box::leak(Box::new(state));
         lambda_runtime::run(service_fn(move |_: LambdaEvent<Value>| async move {
             prune(state).await.map_err(|error| {

@@ -15,6 +15,8 @@ use shared::{
 use std::collections::HashMap;
 
 pub const SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
+/// 32 bytes, base64 (`DATA_ENCRYPTION_KEY`).
+pub const DATA_KEY: &str = "dGVzdC1kYXRhLWVuY3J5cHRpb24ta2V5LTMyLWJ5dGU=";
 pub const STRONG_PASSWORD: &str = "correct horse battery staple 93!";
 
 /// The server the functions connect to: Postgres itself, or a transaction-mode PgBouncer in
@@ -61,6 +63,7 @@ pub fn config(url: &str, overrides: &[(&str, &str)]) -> Config {
     let mut env: HashMap<String, String> = HashMap::from([
         ("DATABASE_URL".into(), url.to_owned()),
         ("JWT_SECRET".into(), SECRET.into()),
+        ("DATA_ENCRYPTION_KEY".into(), DATA_KEY.into()),
         ("ARGON2_MEMORY_KIB".into(), "8192".into()),
         ("ARGON2_ITERATIONS".into(), "1".into()),
     ]);
@@ -82,7 +85,15 @@ pub async fn fresh_state(overrides: &[(&str, &str)]) -> AppState {
 
 /// A direct connection to the state's database, for arranging and inspecting rows.
 pub async fn psql(state: &AppState) -> tokio_postgres::Client {
-    let url = url::Url::parse(state.config.database_url.expose()).expect("url");
+    let url = url::Url::parse(
+        state
+            .config
+            .database_url
+            .as_ref()
+            .expect("a database")
+            .expose(),
+    )
+    .expect("url");
     let direct = with_database(&admin_url(), url.path().trim_start_matches('/'));
     let (client, connection) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
         .await

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make dev`: a local Postgres (created, started and migrated on first use), a development
-# signing key in .env, and the functions served on http://localhost:9000 with hot reload.
+# signing key and DATA_ENCRYPTION_KEY in .env, and the functions served on
+# http://localhost:9000 (PORT) with hot reload.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -11,8 +12,11 @@ DB_PORT="${DEV_DB_PORT:-54329}"
 ensure_venv
 step "local postgres (.local/pg/dev, port $DB_PORT)"
 scripts/pg.sh start dev "$DB_PORT"
-ensure_dotenv "$PORT"
+ensure_dotenv
 load_dotenv
+# The issuer (and so the discovery document's jwks_uri) is where the gateway answers, unless
+# set by hand in the environment or .env.
+export JWT_ISSUER="${JWT_ISSUER:-http://localhost:$PORT}"
 # An explicitly set DATABASE_URL (say, a Neon branch) wins over the local cluster.
 export DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh url dev "$DB_PORT")}"
 

@@ -23,28 +23,41 @@ ensure_venv() {
   cp "$ROOT/scripts/requirements.txt" "$stamp"
 }
 
-# A first `make dev` with no signing key configured (neither JWT_PRIVATE_KEY nor JWT_SECRET, in
-# the environment or in .env) writes a development RSA key pair into .env (gitignored, mode
-# 600): RS256 with a kid, as in the cloud, so JWKS and discovery have something to publish.
+# `make dev` writes what a first run lacks into .env (gitignored, mode 600), each only when it
+# is set neither in the environment nor in .env:
+# - a development RSA key pair (neither JWT_PRIVATE_KEY nor JWT_SECRET): RS256 with a kid, as
+#   in the cloud, so JWKS and discovery have something to publish;
+# - DATA_ENCRYPTION_KEY, 32 random bytes in base64, the root of the service's derived keys.
+# JWT_ISSUER is not written: dev.sh derives it from PORT unless it is set by hand.
 ensure_dotenv() {
-  local file="$ROOT/.env" port="${1:-9000}" pem
-  [[ -n "${JWT_PRIVATE_KEY:-}" || -n "${JWT_SECRET:-}" ]] && return 0
-  [[ -f "$file" ]] && grep -qE '^(export +)?(JWT_PRIVATE_KEY|JWT_SECRET)=' "$file" && return 0
+  local file="$ROOT/.env" pem
+  in_dotenv() { [[ -f "$file" ]] && grep -qE "^(export +)?($1)=" "$file"; }
   if ! command -v openssl >/dev/null; then
     [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null && { apt-get update -qq && apt-get install -y -qq openssl; }
-    command -v openssl >/dev/null || { echo "openssl is needed to make a development key pair" >&2; exit 1; }
+    command -v openssl >/dev/null || { echo "openssl is needed to make development keys" >&2; exit 1; }
   fi
-  pem="$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null | awk '{printf "%s\\n", $0}')"
   (
     umask 077
-    {
-      echo "# Local development settings (gitignored). Variables set in the environment win."
-      echo "JWT_PRIVATE_KEY=\"$pem\""
-      echo "JWT_KEY_ID=dev-$(date -u +%Y%m%d)"
-      [[ -n "${JWT_ISSUER:-}" ]] || echo "JWT_ISSUER=http://localhost:$port"
-    } >>"$file"
+    [[ -f "$file" ]] || echo "# Local development settings (gitignored). Variables set in the environment win." >"$file"
+    if [[ -z "${JWT_PRIVATE_KEY:-}" && -z "${JWT_SECRET:-}" ]] && ! in_dotenv 'JWT_PRIVATE_KEY|JWT_SECRET'; then
+      pem="$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null | awk '{printf "%s\\n", $0}')"
+      {
+        echo "JWT_PRIVATE_KEY=\"$pem\""
+        echo "JWT_KEY_ID=dev-$(date -u +%Y%m%d)"
+      } >>"$file"
+      echo "wrote a development RSA signing key (RS256, kid dev-$(date -u +%Y%m%d)) to .env"
+    fi
+    if [[ -z "${DATA_ENCRYPTION_KEY:-}" ]] && ! in_dotenv DATA_ENCRYPTION_KEY; then
+      echo "DATA_ENCRYPTION_KEY=$(openssl rand -base64 32)" >>"$file"
+      echo "wrote a development DATA_ENCRYPTION_KEY to .env"
+    fi
+    # Earlier versions pinned the issuer of the first run's port here, so `PORT=9400 make dev`
+    # still published localhost:9000: drop that generated line.
+    if grep -qE '^JWT_ISSUER=http://localhost:[0-9]+$' "$file"; then
+      sed -i -E '/^JWT_ISSUER=http:\/\/localhost:[0-9]+$/d' "$file"
+      echo "dropped the generated JWT_ISSUER from .env: it now follows PORT"
+    fi
   )
-  echo "wrote a development RSA signing key (RS256, kid dev-$(date -u +%Y%m%d)) to .env"
 }
 
 # Exports each KEY=VALUE of .env that the environment does not already set.

@@ -58,7 +58,8 @@ fn user_from(row: &Row) -> Result<User, DbError> {
     })
 }
 
-/// Inserts a new user. Race-safe: there is no select first; the unique index decides, and
+/// Inserts a new user and forgets any failed logins of its email from before it existed, so
+/// that nobody can lock an address before its owner registers it. Race-safe: there is no select first; the unique index decides, and
 /// its violation (SQLSTATE 23505) is `EmailTaken`. The id is chosen here so that a retry after
 /// a lost connection can recognize its own, already committed row instead of calling it taken.
 pub async fn insert_user(
@@ -74,7 +75,8 @@ pub async fn insert_user(
             "WITH u AS (INSERT INTO users (id, email, hashed_password, created_at, updated_at) \
                         VALUES ($1, $2, $3, $4, $4) RETURNING id, email, is_active, created_at), \
                   e AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent) \
-                        SELECT $4, 'user.registered', id, $5, $6 FROM u) \
+                        SELECT $4, 'user.registered', id, $5, $6 FROM u), \
+                  t AS (DELETE FROM login_throttle WHERE account = $7 AND EXISTS (SELECT 1 FROM u)) \
              SELECT id, email, is_active, created_at FROM u",
             &[
                 (&id, Type::UUID),
@@ -83,6 +85,7 @@ pub async fn insert_user(
                 (&now, Type::TIMESTAMPTZ),
                 (&origin.source_ip, Type::TEXT),
                 (&origin.user_agent, Type::TEXT),
+                (&account_key(Some(email), email.as_str()).as_slice(), Type::BYTEA),
             ],
         )
         .await;

@@ -231,6 +231,24 @@ async fn an_unknown_email_reaches_the_same_lock() {
 }
 
 #[tokio::test]
+async fn an_email_locked_before_it_was_registered_starts_unlocked() {
+    let mut state = fresh_state(&[]).await;
+    let clock = hand_clock(&mut state);
+    let email = unique_email();
+    fail_until_counted(&state, &clock, &email, 100).await;
+    auth::register(&state, creds(&email, STRONG_PASSWORD), &Origin::default())
+        .await
+        .expect("register");
+    auth::login(
+        &state,
+        creds(&email, STRONG_PASSWORD),
+        &from("198.51.100.1"),
+    )
+    .await
+    .expect("the owner's new account is not locked by a stranger's earlier guesses");
+}
+
+#[tokio::test]
 async fn a_thousand_failures_cannot_overflow_the_backoff() {
     let state = fresh_state(&[]).await;
     let email = account(&state).await;

@@ -682,8 +682,7 @@ def test_login_200_body_headers_and_claims(api):
     assert claims["sub"] == user.id
     assert str(uuid.UUID(claims["sid"])) == claims["sid"], f"sid is not a uuid: {claims!r}"
     assert claims["iss"] == JWT_ISSUER
-    aud = claims["aud"]
-    assert aud == JWT_AUDIENCE or (isinstance(aud, list) and JWT_AUDIENCE in aud), claims
+    assert claims["aud"] == JWT_AUDIENCE, claims   # one audience, as a string (RFC 7519 §4.1.3)
     assert type(claims["iat"]) is int and type(claims["exp"]) is int, claims
     assert before - 60 <= claims["iat"] <= after + 60, claims
     assert abs((claims["exp"] - claims["iat"]) - ACCESS_TOKEN_TTL) <= 1, claims

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{STRONG_PASSWORD, fresh_state, unique_email};
+use common::{Captured, STRONG_PASSWORD, fresh_state, unique_email};
 use lambda_http::{Body, http};
 use rand::Rng;
 use shared::{
@@ -17,7 +17,6 @@ use shared::{
 };
 use std::{
     collections::HashMap,
-    io::Write,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -241,39 +240,6 @@ fn new_password(raw: &str) -> NewPassword {
     NewPassword::parse(raw, &email, 12).expect("a password the strength rules accept")
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Collects this thread's log events (the tests run on tokio's current-thread runtime).
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .json()
-                .with_writer(move || writer.clone())
-                .finish(),
-        )
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().expect("log").clone()).expect("utf-8")
-    }
-}
-
 /// A hang of the stand-in must end at the check's own timeout; this only bounds the test.
 const TEST_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -377,7 +343,7 @@ async fn fails_open(behaviour: Behaviour, expected: LookupError, timeout_ms: u64
     let settings = settings(&api.url, &timeout_ms.to_string());
     let password = new_password(BREACHED);
     let log = Captured::default();
-    let guard = log.install();
+    let guard = log.install(None, None);
 
     let started = Instant::now();
     let (lookup, breached) = tokio::time::timeout(TEST_DEADLINE, async {

@@ -3,51 +3,8 @@
 
 mod common;
 
-use common::{SECRET, STRONG_PASSWORD, fresh_state, unique_email};
+use common::{Captured, SECRET, STRONG_PASSWORD, fresh_state, unique_email};
 use shared::auth::Credentials;
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .map_err(|_| std::io::Error::other("poisoned"))?
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// The functions' own subscriber (`shared::http::log_subscriber`), JSON lines into this
-    /// buffer, for the current thread: `#[tokio::test]` runs every task of the test there, and
-    /// tests running at the same time on other threads do not mix their events in.
-    fn install(
-        &self,
-        aws_lambda_log_level: Option<&str>,
-        rust_log: Option<&str>,
-    ) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        tracing::subscriber::set_default(shared::http::log_subscriber(
-            aws_lambda_log_level,
-            rust_log,
-            true,
-            move || writer.clone(),
-        ))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
-    }
-}
 
 fn creds(email: &str, password: &str) -> Credentials {
     Credentials {

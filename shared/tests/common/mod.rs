@@ -154,3 +154,43 @@ pub fn from(ip: &str) -> Origin {
         user_agent: Some("tests".to_owned()),
     }
 }
+
+/// Log output captured from the functions' own subscriber, for tests of what is logged.
+#[derive(Clone, Default)]
+pub struct Captured(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// The functions' own subscriber (`shared::http::log_subscriber`), JSON lines into this
+    /// buffer, for the current thread: `#[tokio::test]` runs every task of the test there, and
+    /// tests running at the same time on other threads do not mix their events in.
+    pub fn install(
+        &self,
+        aws_lambda_log_level: Option<&str>,
+        rust_log: Option<&str>,
+    ) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        tracing::subscriber::set_default(shared::http::log_subscriber(
+            aws_lambda_log_level,
+            rust_log,
+            true,
+            move || writer.clone(),
+        ))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
+    }
+}

@@ -460,7 +460,12 @@ fn signing_settings(
     let secret = get("JWT_SECRET").ok_or_else(|| {
         ConfigError::new(
             "JWT_SECRET",
-            "or JWT_PRIVATE_KEY is required (a signing key for access tokens)",
+            match key_use {
+                KeyUse::Sign => "or JWT_PRIVATE_KEY is required (a signing key for access tokens)",
+                KeyUse::Verify => {
+                    "or JWT_PUBLIC_KEYS (RS256) is required (the keys access tokens are verified with)"
+                }
+            },
         )
     })?;
     if secret.len() < MIN_JWT_SECRET_BYTES {

@@ -23,10 +23,15 @@ export DATABASE_URL="${DATABASE_URL:-$(scripts/pg.sh url dev "$DB_PORT")}"
 step "migrations"
 cargo run --quiet -p cli --bin authctl -- migrate
 step "building the functions"
-cargo build --quiet --bin register --bin login --bin protected --bin refresh --bin logout --bin keys
+cargo build --quiet --bin register --bin login --bin protected --bin refresh --bin logout --bin keys --bin prune
 
-trap '[[ -z "${GATEWAY_PID:-}" ]] || kill -- "-$GATEWAY_PID" 2>/dev/null || true' EXIT
+trap 'for pid in ${GATEWAY_PID:-} ${PRUNE_PID:-}; do kill -- "-$pid" 2>/dev/null || true; done' EXIT
 step "serving on http://localhost:$PORT: /auth/register, /auth/login, /auth/me, /auth/refresh, /auth/logout, /.well-known/*"
 start_gateway "$PORT"
+# The template's schedule, locally: the prune function every PRUNE_INTERVAL_SECONDS.
+setsid bash -c 'while sleep "$1"; do
+  "$2" lambda invoke prune --invoke-address 127.0.0.1 --invoke-port "$3" --data-ascii "{}" >/dev/null 2>&1 || echo "prune: invocation failed" >&2
+done' prune "${PRUNE_INTERVAL_SECONDS:-300}" "$VENV/bin/cargo-lambda" "$((PORT + 1))" &
+PRUNE_PID=$!
 # shellcheck disable=SC2046
 "$VENV/bin/cargo-lambda" $(watch_args "$PORT")

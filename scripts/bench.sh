@@ -128,6 +128,9 @@ fi
 cargo bench -p shared --bench micro
 elapsed
 
+step "init: secrets read through a stand-in of the Parameters and Secrets extension"
+cargo test --release -p shared --test secrets init_cost -- --ignored --nocapture
+
 step "the release binaries under a minimal Lambda Runtime API"
 cargo bench -p shared --bench runtime -- runtime
 elapsed

@@ -43,7 +43,13 @@ async fn a_registered_user_logs_in_and_the_token_opens_me() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_concurrent_registrations_of_one_email_create_exactly_one_account() {
-    let state = fresh_state(&[("DATABASE_POOL_MAX_SIZE", "20")]).await;
+    // Twenty connections opened at once, and nineteen inserts waiting on the first one's
+    // unique key: the longest deadline allowed, so a busy machine cannot turn one into a 503.
+    let state = fresh_state(&[
+        ("DATABASE_POOL_MAX_SIZE", "20"),
+        ("DATABASE_TIMEOUT_MS", "20000"),
+    ])
+    .await;
     let email = unique_email();
     let attempts: Vec<_> = (0..20)
         .map(|i| {

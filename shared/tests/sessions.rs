@@ -516,8 +516,15 @@ async fn the_source_address_window_slides_exactly_over_the_last_minute() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_guesses_cannot_slip_past_the_backoff() {
-    // Twenty instances guessing one account's password at the same moment.
-    let state = fresh_state(&[("DATABASE_POOL_MAX_SIZE", "20")]).await;
+    // Twenty instances guessing one account's password at the same moment. They open twenty
+    // connections at once and queue on one backoff row: on a busy machine that takes longer
+    // than the default 3 s deadline (a 503 once), so the deadline is the longest allowed: it
+    // is there to end a hang, not to time the machine.
+    let state = fresh_state(&[
+        ("DATABASE_POOL_MAX_SIZE", "20"),
+        ("DATABASE_TIMEOUT_MS", "20000"),
+    ])
+    .await;
     let email = account(&state).await;
     let guesses: Vec<_> = (0..20)
         .map(|i| {

@@ -106,7 +106,9 @@ impl Cluster {
 }
 
 fn state(url: &str, extra: &[(&str, &str)]) -> AppState {
-    let mut overrides = vec![("DATABASE_TIMEOUT_MS", "1500")];
+    // Generous, so that the ordinary steps around a fault never meet the deadline on a busy
+    // machine; the tests of the deadline itself set theirs.
+    let mut overrides = vec![("DATABASE_TIMEOUT_MS", "5000")];
     overrides.extend_from_slice(extra);
     AppState::new(common::config(url, &overrides)).expect("state")
 }

@@ -109,35 +109,26 @@ impl AppState {
     /// Builds every part from settings that hold every secret (tests, benches). No network
     /// I/O happens here.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        let passwords = Some(passwords(&config)?);
-        let refresh_key = Some(refresh_key(&config)?);
-        Ok(Self {
-            db: database(&config)?,
-            tokens: token::TokenKeys::from_config(&config)?,
-            refresh_key,
-            clock: Arc::new(Utc::now),
-            passwords,
-            config,
-        })
+        Self::build(config, true, true)
     }
 
     /// Builds the parts `function` uses from settings read for it
     /// ([`Config::from_lookup_for`] with [`Function::uses`]).
     pub fn for_function(config: Config, function: Function) -> Result<Self, ConfigError> {
-        let passwords = match function.hashes_passwords() {
-            true => Some(passwords(&config)?),
-            false => None,
-        };
-        let refresh_key = match function.uses().data_key {
-            true => Some(refresh_key(&config)?),
-            false => None,
-        };
+        Self::build(
+            config,
+            function.hashes_passwords(),
+            function.uses().data_key,
+        )
+    }
+
+    fn build(config: Config, hashes: bool, data_key: bool) -> Result<Self, ConfigError> {
         Ok(Self {
             db: database(&config)?,
             tokens: token::TokenKeys::from_config(&config)?,
-            refresh_key,
+            refresh_key: data_key.then(|| refresh_key(&config)).transpose()?,
             clock: Arc::new(Utc::now),
-            passwords,
+            passwords: hashes.then(|| passwords(&config)).transpose()?,
             config,
         })
     }

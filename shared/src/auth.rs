@@ -95,7 +95,10 @@ pub async fn register(
     origin: &Origin,
 ) -> Result<User, AuthError> {
     let now = state.now();
-    let masked = mask(&credentials.email);
+    let parsed = Email::parse(&credentials.email);
+    let masked = parsed
+        .as_ref()
+        .map_or_else(|_| "***".to_owned(), Email::masked);
     let masked = &masked;
     let rejected = |reason: &'static str, error: AuthError| async move {
         tracing::info!(event = "register.rejected", reason, email = %masked);
@@ -107,7 +110,7 @@ pub async fn register(
         .await;
         error
     };
-    let email = match Email::parse(&credentials.email) {
+    let email = match parsed {
         Ok(email) => email,
         Err(e) => return Err(rejected("invalid_email", e).await),
     };
@@ -167,7 +170,9 @@ pub async fn login(
         now,
     )
     .await?;
-    let masked = mask(&credentials.email);
+    let masked = email
+        .as_ref()
+        .map_or_else(|| "***".to_owned(), Email::masked);
     let user_id = found.as_ref().map(|f| f.user.id);
     // A refusal by the limits is counted into its minute's row; a checked failure is a row.
     let failed = |reason: &'static str, refusal: bool| AuditEvent {
@@ -351,7 +356,11 @@ async fn refuse(
     error: AuthError,
     origin: &Origin,
 ) -> AuthError {
-    if let Err(limited) = check_source_address(state, origin, route).await {
+    // The window can only turn the refusal into a 429: a database that cannot be reached for
+    // it leaves the 401 standing.
+    if let Err(limited @ AuthError::TooManyRequests { .. }) =
+        check_source_address(state, origin, route).await
+    {
         return limited;
     }
     tracing::info!(

@@ -46,8 +46,8 @@ pub enum DbError {
     },
     /// Anything else the server or driver reported (a bug, a schema mismatch).
     Query(tokio_postgres::Error),
-    /// A statement that always returns a row returned none (a bug, never a reason to retry);
-    /// names the store function.
+    /// A statement answered what it never answers: no row, or an outcome the code does not
+    /// know (a bug or a schema mismatch, never a reason to retry); names the store function.
     NoRow(&'static str),
 }
 

@@ -181,7 +181,8 @@ pub async fn login_attempt(
     let attempt = match outcome.as_str() {
         "counted" => Attempt::Counted,
         "blocked" => Attempt::Blocked(row.try_get("retry_until").map_err(DbError::Query)?),
-        _ => Attempt::Locked,
+        "locked" => Attempt::Locked,
+        _ => return Err(DbError::NoRow("login_attempt: unknown outcome")),
     };
     let id: Option<Uuid> = row.try_get("id").map_err(DbError::Query)?;
     let user = match id {

@@ -38,17 +38,7 @@ async fn every_outcome_is_logged_once_without_secrets() {
 
     let hash = common::stored_hash(&state, user.id).await;
     let log = captured.text();
-    let db_password = url::Url::parse(
-        state
-            .config
-            .database_url
-            .as_ref()
-            .expect("a database")
-            .expose(),
-    )
-    .expect("url")
-    .password()
-    .map(str::to_owned);
+    let db_password = common::database_url(&state).password().map(str::to_owned);
 
     for (what, secret) in [
         ("password", STRONG_PASSWORD),

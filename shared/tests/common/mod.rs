@@ -83,17 +83,15 @@ pub async fn fresh_state(overrides: &[(&str, &str)]) -> AppState {
     state
 }
 
+/// The state's database URL, parsed.
+pub fn database_url(state: &AppState) -> url::Url {
+    let url = state.config.database_url.as_ref().expect("a database");
+    url::Url::parse(url.expose()).expect("url")
+}
+
 /// A direct connection to the state's database, for arranging and inspecting rows.
 pub async fn psql(state: &AppState) -> tokio_postgres::Client {
-    let url = url::Url::parse(
-        state
-            .config
-            .database_url
-            .as_ref()
-            .expect("a database")
-            .expose(),
-    )
-    .expect("url");
+    let url = database_url(state);
     let direct = with_database(&admin_url(), url.path().trim_start_matches('/'));
     let (client, connection) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
         .await

@@ -11,6 +11,11 @@ API. Two things make it worth having over cargo lambda watch's own HTTP front:
   passes it, instead of cargo lambda watch's own 500.
 Unrouted requests get API Gateway's `404 {"message":"Not Found"}`.
 
+Routes match as API Gateway's do: a path segment `{name}` matches one segment (its value in
+`pathParameters`), a last segment `{name+}` the rest of the path; a route without parameters
+wins over one with, a method over `*` (ANY); `routeKey` names the matched route, e.g.
+`DELETE /auth/sessions/{id}`.
+
     gateway.py LISTEN_PORT WATCH_PORT
 """
 
@@ -31,15 +36,61 @@ HOP_BY_HOP = {"date", "server", "connection", "keep-alive", "transfer-encoding",
               "proxy-authorization", "proxy-authenticate", "host", "content-length"}
 
 
-def load_routes():
-    """(path, method) -> function, from [workspace.metadata.lambda.watch.router]."""
-    manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
+def load_routes(manifest=None):
+    """(route path, method) -> function, from [workspace.metadata.lambda.watch.router]."""
+    if manifest is None:
+        manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
     router = manifest["workspace"]["metadata"]["lambda"]["watch"]["router"]
     routes = {}
     for path, entries in router.items():
         for entry in entries if isinstance(entries, list) else [{"method": "*", "function": entries}]:
             routes[(path, entry["method"].upper())] = entry["function"]
     return routes
+
+
+def match_template(template, path):
+    """The path parameters when `path` matches the route `template`, else None."""
+    # No slash is trimmed: `/auth/sessions/x/` is not `/auth/sessions/{id}` (an empty last segment).
+    want, have = template.split("/"), path.split("/")
+    params = {}
+    for i, segment in enumerate(want):
+        if segment.startswith("{") and segment.endswith("+}"):  # greedy: the rest, at least one segment
+            if i != len(want) - 1 or i >= len(have) or not "".join(have[i:]):
+                return None
+            params[segment[1:-2]] = "/".join(have[i:])
+            return params
+        if i >= len(have):
+            return None
+        if segment.startswith("{") and segment.endswith("}"):
+            if not have[i]:
+                return None
+            params[segment[1:-1]] = urllib.parse.unquote(have[i])
+        elif segment != have[i]:
+            return None
+    return params if len(want) == len(have) else None
+
+
+def route(routes, method, path):
+    """(function, routeKey, pathParameters or None) for a request, or None when unrouted.
+
+    Exact routes first, then templates with the most literal segments first (API Gateway
+    prefers the most specific route); at each step a route of the request's method over `*`.
+    """
+    for candidate in (method, "*"):
+        function = routes.get((path, candidate))
+        if function and "{" not in path:  # a template's own text is no exact route
+            return function, f"{'ANY' if candidate == '*' else candidate} {path}", None
+    templated = [(p, m, f) for (p, m), f in routes.items() if "{" in p]
+    # Ties between as many literal segments go to the one whose literal comes first.
+    templated.sort(key=lambda r: (-sum(1 for s in r[0].split("/") if s and not s.startswith("{")),
+                                  "+}" in r[0], [s.startswith("{") for s in r[0].split("/")], r[1] == "*"))
+    for template, candidate, function in templated:
+        if candidate not in (method, "*"):
+            continue
+        params = match_template(template, path)
+        if params is not None:
+            return function, f"{'ANY' if candidate == '*' else candidate} {template}", params
+    return None
 
 
 ROUTES = load_routes()
@@ -74,10 +125,10 @@ class Gateway(http.server.BaseHTTPRequestHandler):
     def handle_any(self):
         body = self.read_body()
         url = urllib.parse.urlsplit(self.path)
-        function = ROUTES.get((url.path, self.command)) or ROUTES.get((url.path, "*"))
+        matched = route(ROUTES, self.command, url.path)
         try:
-            if function:
-                status, headers, payload = self.invoke(function, url, body)
+            if matched:
+                status, headers, payload = self.invoke(*matched, url, body)
             else:
                 status, headers, payload = 404, [("Content-Type", "application/json")], b'{"message":"Not Found"}'
         except (OSError, http.client.HTTPException, ValueError) as error:
@@ -123,11 +174,11 @@ class Gateway(http.server.BaseHTTPRequestHandler):
                 response.begin()
                 return response.read()
 
-    def invoke(self, function, url, body):
+    def invoke(self, function, route_key, path_parameters, url, body):
         now = time.time()
         event = {
             "version": "2.0",
-            "routeKey": f"{self.command} {url.path}",
+            "routeKey": route_key,
             "rawPath": url.path,
             "rawQueryString": url.query,
             "headers": {k.lower(): v for k, v in self.headers.items()},
@@ -136,12 +187,14 @@ class Gateway(http.server.BaseHTTPRequestHandler):
                 "http": {"method": self.command, "path": url.path, "protocol": "HTTP/1.1",
                          "sourceIp": self.client_address[0],
                          "userAgent": self.headers.get("User-Agent", "")},
-                "requestId": str(uuid.uuid4()), "routeKey": f"{self.command} {url.path}",
+                "requestId": str(uuid.uuid4()), "routeKey": route_key,
                 "stage": "$default", "domainName": "localhost", "domainPrefix": "localhost",
                 "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
                 "timeEpoch": int(now * 1000),
             },
         }
+        if path_parameters:  # API Gateway leaves the key out when the route has none
+            event["pathParameters"] = path_parameters
         if body:
             try:
                 event["body"], event["isBase64Encoded"] = body.decode("utf-8"), False

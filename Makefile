@@ -2,13 +2,17 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 DEV_DB_PORT ?= 54329
+MAILDEV_SMTP_PORT ?= 1025
+MAILDEV_WEB_PORT ?= 1080
+# The Lambda functions: the functions/* workspace members, read by scripts/env.sh (one list).
+FUNCTIONS = $(shell source scripts/env.sh && echo "$${FUNCTIONS[@]}")
 
-.PHONY: help dev test check build lambda-build bench deploy venv migrate verify status events prune db-start db-stop db-url db-psql db-destroy clean
+.PHONY: help dev test check build lambda-build bench deploy venv migrate verify status events prune db-start db-stop db-url db-psql db-destroy maildev maildev-stop clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
-dev: ## Serve the API on http://localhost:9000 over a local Postgres, with hot reload
+dev: ## Serve the API on http://localhost:9000 over a local Postgres, mail to MailDev (http://127.0.0.1:1080), hot reload
 	@scripts/dev.sh
 
 test: ## Format, lint, unit/database/handler tests, end-to-end over HTTP, template lint
@@ -20,10 +24,10 @@ check: ## Quick checks without a database: fmt, clippy, unit tests
 	cargo test --workspace --lib
 
 build: ## Build the release binaries for this machine
-	cargo build --release -p register -p login -p protected -p refresh -p logout -p keys -p prune -p cli
+	cargo build --release $(addprefix -p ,$(FUNCTIONS)) -p cli
 
 lambda-build: venv ## Build the arm64 Lambda zips into target/lambda/ (cargo-lambda brings zig)
-	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo-lambda lambda build --release --arm64 --output-format zip -p register -p login -p protected -p refresh -p logout -p keys -p prune
+	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo-lambda lambda build --release --arm64 --output-format zip $(addprefix -p ,$(FUNCTIONS))
 
 bench: ## Run the benchmarks (see BENCHMARKS.md)
 	@scripts/bench.sh
@@ -63,6 +67,12 @@ db-psql: ## Open psql on the local dev database
 
 db-destroy: ## Stop and delete the local dev Postgres and its data
 	@scripts/pg.sh destroy dev $(DEV_DB_PORT)
+
+maildev: ## Start the local mail server alone (SMTP 127.0.0.1:1025, inbox http://127.0.0.1:1080)
+	@scripts/maildev.sh start dev $(MAILDEV_SMTP_PORT) $(MAILDEV_WEB_PORT)
+
+maildev-stop: ## Stop the local mail server
+	@scripts/maildev.sh stop dev $(MAILDEV_SMTP_PORT) $(MAILDEV_WEB_PORT)
 
 clean: ## Remove build output
 	cargo clean

@@ -6,6 +6,18 @@ VENV="$ROOT/.venv"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# The Lambda functions, in one place: the workspace members under functions/ in Cargo.toml
+# (each package's binary has its name). dev.sh, test.sh and the Makefile build from this list.
+FUNCTIONS=()
+while IFS= read -r _function; do FUNCTIONS+=("$_function"); done < <(
+  sed 's/#.*//' "$ROOT/Cargo.toml" | awk '/^[[:space:]]*members[[:space:]]*=/ { f = 1 } f { print } f && /\]/ { exit }' |
+    grep -oE '"functions/[A-Za-z0-9_-]+"' | sed -E 's#"functions/(.*)"#\1#')
+unset _function
+FUNCTION_BINS=()   # --bin register --bin login ...
+for _function in "${FUNCTIONS[@]}"; do FUNCTION_BINS+=(--bin "$_function"); done
+unset _function
+has_function() { [[ " ${FUNCTIONS[*]} " == *" $1 "* ]]; }
+
 # The venv holds cargo-lambda, cfn-lint and pytest (scripts/requirements.txt), nothing global.
 ensure_venv() {
   local stamp="$VENV/.requirements"
@@ -78,6 +90,7 @@ load_dotenv() {
 start_gateway() {
   local port="$1"
   setsid "$VENV/bin/python" "$ROOT/scripts/gateway.py" "$port" "$((port + 1))" &
+  # shellcheck disable=SC2034 # read by the caller
   GATEWAY_PID=$!
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: formatting, lints, unit, database, handler and fault tests on throwaway Postgres
 # clusters (one plain, one with TLS), the database and end-to-end suites a second time through
-# a transaction-mode PgBouncer (as Neon's -pooler endpoint), and the SAM template lint.
+# a transaction-mode PgBouncer (as Neon's -pooler endpoint), and the SAM template lint. Mail goes
+# to throwaway MailDev servers: one for the cargo tests, one for each end-to-end pass.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -9,11 +10,20 @@ cd "$ROOT"
 DB_PORT="${TEST_DB_PORT:-54330}"       # plain cluster "test"; its PgBouncer on DB_PORT+3
 FAULT_PORT=$((DB_PORT + 1))           # TLS cluster "faults" the fault tests restart and stop; its PgBouncer on +2
 E2E_PORT="${E2E_PORT:-9200}"          # e2e API; the pass through PgBouncer uses E2E_PORT+10
+# MailDev "test" (cargo tests): SMTP E2E_PORT+25, web +80; an e2e pass on port P: "e2e-P" on
+# SMTP P+26, web P+81. Derived from E2E_PORT, so runs with other ports do not collide.
+TEST_MAILDEV=(test $((E2E_PORT + 25)) $((E2E_PORT + 80)))
+MAILDEVS=""                           # the MailDevs started, "NAME SMTP WEB;" each
 LOG="$ROOT/target/test-output.log"
 
 cleanup() {
   # Each server runs in its own process group: this stops the functions cargo lambda started too.
   for pid in ${SERVER_PIDS:-}; do kill -- "-$pid" 2>/dev/null || true; done
+  local maildev
+  while IFS= read -r -d ';' maildev; do
+    # shellcheck disable=SC2086
+    [[ -z "$maildev" ]] || scripts/maildev.sh stop $maildev >/dev/null 2>&1 || true
+  done <<<"$MAILDEVS"
   scripts/pgbouncer.sh stop testbouncer $((DB_PORT + 3)) >/dev/null 2>&1 || true
   scripts/pgbouncer.sh stop faultbouncer $((DB_PORT + 2)) >/dev/null 2>&1 || true
   scripts/pg.sh stop test "$DB_PORT" >/dev/null 2>&1 || true
@@ -40,17 +50,41 @@ scripts/pgbouncer.sh start faultbouncer $((DB_PORT + 2)) faults "$FAULT_PORT" 10
 export TEST_DATABASE_URL FAULT_PG="faults $FAULT_PORT" FAULT_BOUNCER_PORT=$((DB_PORT + 2))
 TEST_DATABASE_URL="$(scripts/pg.sh url test "$DB_PORT" postgres)"
 
+# Starts a MailDev afresh (one left by an interrupted run is stopped: its inbox is forgotten).
+start_maildev() {  # start_maildev NAME SMTP_PORT WEB_PORT
+  scripts/maildev.sh stop "$@" >/dev/null 2>&1 || true
+  MAILDEVS="$MAILDEVS$*;"
+  scripts/maildev.sh start "$@"
+}
+
+step "throwaway MailDev for the cargo tests (SMTP port ${TEST_MAILDEV[1]}, web port ${TEST_MAILDEV[2]})"
+start_maildev "${TEST_MAILDEV[@]}"
+export TEST_SMTP_URL TEST_MAILDEV_URL
+TEST_SMTP_URL="$(scripts/maildev.sh url "${TEST_MAILDEV[@]}")"
+TEST_MAILDEV_URL="$(scripts/maildev.sh web-url "${TEST_MAILDEV[@]}")"
+
 step "cargo test: unit, database, handler, fault and CLI tests"
 cargo test --workspace 2>&1 | tee -a "$LOG"
 
 step "database and handler tests again, through PgBouncer in transaction mode"
+# shellcheck disable=SC2097,SC2098 # TEST_DIRECT_DATABASE_URL is the cluster's URL, before the override
 TEST_DIRECT_DATABASE_URL="$TEST_DATABASE_URL" \
   TEST_DATABASE_URL="$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" postgres)" \
   cargo test -p shared --test db --test handlers --test logging --test sessions --test attacks 2>&1 | tee -a "$LOG"
 
-# The real binaries through cargo lambda watch and the local gateway, driven over HTTP.
+# The real binaries through cargo lambda watch and the local gateway, driven over HTTP, their
+# mail to a MailDev of this pass's own (the tests read it by recipient through MAILDEV_URL; a
+# fault test stops and restarts it with `scripts/maildev.sh stop|start $MAILDEV_CTL`, and runs
+# the mailer with `$CARGO_LAMBDA lambda invoke mailer --invoke-port $LAMBDA_INVOKE_PORT`).
+# MAIL_ANSWER_MS=200: forgot and resend answer after 200 ms instead of 500, for shorter timing tests.
 e2e() {
   local port="$1" database_url="$2"
+  local maildev=("e2e-$port" $((port + 26)) $((port + 81)))
+  start_maildev "${maildev[@]}"
+  export SMTP_URL MAILDEV_URL MAILDEV_CTL="${maildev[*]}" MAIL_ANSWER_MS=200 \
+    CARGO_LAMBDA="$VENV/bin/cargo-lambda" LAMBDA_INVOKE_PORT=$((port + 1))
+  SMTP_URL="$(scripts/maildev.sh url "${maildev[@]}")"
+  MAILDEV_URL="$(scripts/maildev.sh web-url "${maildev[@]}")"
   start_gateway "$port"
   SERVER_PIDS="${SERVER_PIDS:-} $GATEWAY_PID"
   # shellcheck disable=SC2046
@@ -67,11 +101,14 @@ step "end-to-end over HTTP: the real binaries through cargo lambda watch, RS256 
 scripts/pg.sh psql test "$DB_PORT" -qc 'CREATE DATABASE e2e'
 unset JWT_SECRET JWT_PRIVATE_KEY JWT_KEY_ID JWT_PUBLIC_KEYS JWT_ISSUER JWT_AUDIENCE DATABASE_URL \
   ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH IP_RATE_LIMIT_PER_MINUTE REFRESH_REUSE_GRACE_SECONDS \
-  SESSION_IDLE_SECONDS SESSION_MAX_SECONDS LOGIN_BACKOFF_AFTER LOGIN_BACKOFF_MAX_SECONDS
+  SESSION_IDLE_SECONDS SESSION_MAX_SECONDS LOGIN_BACKOFF_AFTER LOGIN_BACKOFF_MAX_SECONDS \
+  SMTP_URL SMTP_URL_SECRET_ARN SMTP_TIMEOUT_MS MAIL_FROM MAIL_PRODUCT_NAME APP_URL \
+  MAIL_RESEND_INTERVAL_SECONDS MAIL_MAX_PER_HOUR EMAIL_VERIFY_TTL_SECONDS PASSWORD_RESET_TTL_SECONDS \
+  REQUIRE_VERIFIED_EMAIL MAIL_ANSWER_MS
 E2E_URL="$(scripts/pg.sh url test "$DB_PORT" e2e)"
 DATABASE_URL="$E2E_URL" cargo run --quiet -p cli --bin authctl -- migrate
 DATABASE_URL="$E2E_URL" cargo run --quiet -p cli --bin authctl -- verify
-cargo build --quiet --bin register --bin login --bin protected --bin refresh --bin logout --bin keys
+cargo build --quiet "${FUNCTION_BINS[@]}"
 # The suite runs against the default settings (limits on): each test uses its own loopback
 # source address, which the local gateway passes on as requestContext.http.sourceIp.
 export JWT_PRIVATE_KEY JWT_KEY_ID=e2e-key DATA_ENCRYPTION_KEY

@@ -10,9 +10,10 @@ cd "$ROOT"
 DB_PORT="${TEST_DB_PORT:-54330}"       # plain cluster "test"; its PgBouncer on DB_PORT+3
 FAULT_PORT=$((DB_PORT + 1))           # TLS cluster "faults" the fault tests restart and stop; its PgBouncer on +2
 E2E_PORT="${E2E_PORT:-9200}"          # e2e API; the pass through PgBouncer uses E2E_PORT+10
-# MailDev "test" (cargo tests): SMTP E2E_PORT+25, web +80; an e2e pass on port P: "e2e-P" on
-# SMTP P+26, web P+81. Derived from E2E_PORT, so runs with other ports do not collide.
-TEST_MAILDEV=(test $((E2E_PORT + 25)) $((E2E_PORT + 80)))
+# MailDev "test-E2E_PORT" (cargo tests): SMTP E2E_PORT+25, web +80; an e2e pass on port P:
+# "e2e-P" on SMTP P+26, web P+81. Named and numbered after E2E_PORT, so runs with another
+# E2E_PORT do not collide.
+TEST_MAILDEV=("test-$E2E_PORT" $((E2E_PORT + 25)) $((E2E_PORT + 80)))
 MAILDEVS=""                           # the MailDevs started, "NAME SMTP WEB;" each
 LOG="$ROOT/target/test-output.log"
 

@@ -169,7 +169,7 @@ cmd_start() {
   local port
   for port in "$SMTP_PORT" "$WEB_PORT"; do
     ! port_answers "$port" ||
-      die "port $port on 127.0.0.1 is already taken by another program (choose others: MAILDEV_SMTP_PORT / MAILDEV_WEB_PORT)"
+      die "port $port on 127.0.0.1 is already taken by another program: choose other ports (MAILDEV_SMTP_PORT, MAILDEV_WEB_PORT), or to use a mail server already running there, MAILDEV=0 SMTP_URL=smtp://127.0.0.1:PORT"
   done
   rm -f "$PID_FILE"
   mkdir -p "$BASE/tmp"

@@ -213,9 +213,16 @@ async fn run(
                 .await
                 .map_err(|e| store_error("prune", e))?;
             println!(
-                "prune: deleted {} audit events and {} sessions older than {retention_days} days, \
-                 {} address-window rows and {} backoff rows",
-                pruned.events, pruned.sessions, pruned.ip_requests, pruned.throttles
+                "prune: deleted {} audit events, {} sessions and {} finished messages older than \
+                 {retention_days} days, {} address-window rows, {} backoff rows, {} expired links \
+                 and {} mail-request counts",
+                pruned.events,
+                pruned.sessions,
+                pruned.mail,
+                pruned.ip_requests,
+                pruned.throttles,
+                pruned.links,
+                pruned.mail_requests
             );
             Ok(ExitCode::SUCCESS)
         }

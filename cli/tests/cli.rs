@@ -327,14 +327,14 @@ async fn prune_deletes_what_has_expired_and_keeps_the_rest() {
     assert_eq!(
         stdout(&out),
         format!(
-            "prune: deleted 0 audit events and 0 sessions older than 365 days, 1 address-window rows and {backoffs} backoff rows\n"
+            "prune: deleted 0 audit events, 0 sessions and 0 finished messages older than 365 days, 1 address-window rows, {backoffs} backoff rows, 0 expired links and 0 mail-request counts\n"
         )
     );
     let out = authctl(&url, &["prune"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         stdout(&out),
-        "prune: deleted 4 audit events and 1 sessions older than 90 days, 0 address-window rows and 0 backoff rows\n"
+        "prune: deleted 4 audit events, 1 sessions and 0 finished messages older than 90 days, 0 address-window rows, 0 backoff rows, 0 expired links and 0 mail-request counts\n"
     );
     assert_eq!(count("sessions"), "1");
     let out = authctl(&url, &["events", "--user", "ann@example.com"]);
@@ -354,7 +354,7 @@ async fn prune_deletes_what_has_expired_and_keeps_the_rest() {
         .expect("authctl runs");
     assert_eq!(
         stdout(&out),
-        "prune: deleted 0 audit events and 0 sessions older than 1 days, 0 address-window rows and 0 backoff rows\n"
+        "prune: deleted 0 audit events, 0 sessions and 0 finished messages older than 1 days, 0 address-window rows, 0 backoff rows, 0 expired links and 0 mail-request counts\n"
     );
 }
 

@@ -111,6 +111,8 @@ pub struct Uses {
     pub signing: KeyUse,
     /// `DATA_ENCRYPTION_KEY`.
     pub data_key: bool,
+    /// `SMTP_URL`: the function sends mail.
+    pub mail: bool,
 }
 
 /// What a function does with the token keys.
@@ -128,8 +130,48 @@ impl Uses {
         database: true,
         signing: KeyUse::Sign,
         data_key: true,
+        mail: true,
     };
 }
+
+/// Mail (docs/api.md "Mail"): where it goes out, what it says, and its limits.
+#[derive(Debug, Clone)]
+pub struct MailSettings {
+    /// `SMTP_URL`: `smtp://host:port`, `smtp://user:pass@host:port?tls=required` (STARTTLS) or
+    /// `smtps://user:pass@host:465`; `None` when unset, or in a function that sends no mail.
+    pub smtp_url: Option<Secret<String>>,
+    /// Whether mail is on: `SMTP_URL` (or `SMTP_URL_SECRET_ARN`) is set. Known also to the
+    /// functions that do not read the URL itself.
+    pub enabled: bool,
+    /// `SMTP_TIMEOUT_MS` (3000, from 100 to 20000): bound on one delivery attempt, connecting
+    /// included; the request never waits longer.
+    pub smtp_timeout: Duration,
+    /// `MAIL_FROM` (`no-reply@localhost`): the sender mailbox, `Name <addr>` or `addr`.
+    pub from: String,
+    /// `MAIL_PRODUCT_NAME` (`Auth`): the name the messages sign with.
+    pub product_name: String,
+    /// `APP_URL`: the base URL of the pages that handle the links; by default `JWT_ISSUER`
+    /// when that is an http(s) URL (the API's own base URL), else `http://localhost:9000`.
+    pub app_url: url::Url,
+    /// `MAIL_RESEND_INTERVAL_SECONDS` (60, from 1 to 3600): per recipient, the shortest gap
+    /// between two requested mails (forgot, resend).
+    pub resend_interval: Duration,
+    /// `MAIL_MAX_PER_HOUR` (5, from 1 to 1000): per recipient, requested mails per hour.
+    pub max_per_hour: u32,
+    /// `EMAIL_VERIFY_TTL_SECONDS` (86400, from 5 to 604800): a verification link's lifetime.
+    pub verify_ttl: Duration,
+    /// `PASSWORD_RESET_TTL_SECONDS` (1800, from 5 to 86400): a reset link's lifetime.
+    pub reset_ttl: Duration,
+    /// `MAIL_ANSWER_MS` (500, from 50 to `SMTP_TIMEOUT_MS`): forgot and resend answer exactly
+    /// this long after the request began, account or not, so their timing tells nothing; a
+    /// delivery not done by then is left to the mailer.
+    pub answer: Duration,
+}
+
+/// Default of `MAIL_FROM`.
+pub const DEFAULT_MAIL_FROM: &str = "no-reply@localhost";
+/// Default of `APP_URL` when `JWT_ISSUER` is no http(s) URL: `make dev`'s address.
+pub const DEFAULT_APP_URL: &str = "http://localhost:9000";
 
 /// How access tokens are signed.
 #[derive(Debug, Clone)]
@@ -205,6 +247,11 @@ pub struct Config {
     pub login_backoff_max: Duration,
     /// `AUDIT_RETENTION_DAYS` (90): `authctl prune` deletes older audit rows and ended sessions.
     pub audit_retention_days: u32,
+    /// The mail settings.
+    pub mail: MailSettings,
+    /// `REQUIRE_VERIFIED_EMAIL` (false): a login with the right password for an unverified
+    /// account is `403 email_not_verified`. Needs mail on.
+    pub require_verified_email: bool,
 }
 
 impl Config {
@@ -269,6 +316,16 @@ impl Config {
             parallelism: number("ARGON2_PARALLELISM", 1, 1, 16)? as u32,
         };
 
+        let jwt_issuer = get("JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.to_owned());
+        let mail = mail_settings(&get, uses.mail, &jwt_issuer, &number)?;
+        let require_verified_email = boolean(&get, "REQUIRE_VERIFIED_EMAIL")?;
+        if require_verified_email && !mail.enabled {
+            return Err(ConfigError::new(
+                "REQUIRE_VERIFIED_EMAIL",
+                "needs mail: set SMTP_URL, or REQUIRE_VERIFIED_EMAIL=false",
+            ));
+        }
+
         Ok(Self {
             database_url,
             data_encryption_key,
@@ -276,7 +333,7 @@ impl Config {
             pool_max_size: number("DATABASE_POOL_MAX_SIZE", 1, 1, 100)? as usize,
             db_timeout: Duration::from_millis(number("DATABASE_TIMEOUT_MS", 3_000, 100, 20_000)?),
             signing,
-            jwt_issuer: get("JWT_ISSUER").unwrap_or_else(|| DEFAULT_ISSUER.to_owned()),
+            jwt_issuer,
             jwt_audience: get("JWT_AUDIENCE").unwrap_or_else(|| DEFAULT_AUDIENCE.to_owned()),
             access_token_ttl: Duration::from_secs(number(
                 "ACCESS_TOKEN_TTL_SECONDS",
@@ -315,8 +372,71 @@ impl Config {
                 86_400,
             )?),
             audit_retention_days: number("AUDIT_RETENTION_DAYS", 90, 1, 3_650)? as u32,
+            mail,
+            require_verified_email,
         })
     }
+}
+
+/// A `true`/`false` setting, false when unset.
+fn boolean(get: &dyn Fn(&str) -> Option<String>, name: &'static str) -> Result<bool, ConfigError> {
+    match get(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ConfigError::new(name, "must be `true` or `false`")),
+    }
+}
+
+/// The mail settings. The URL is read only by a function that sends mail (`reads_url`); the
+/// others learn only whether mail is on.
+fn mail_settings(
+    get: &dyn Fn(&str) -> Option<String>,
+    reads_url: bool,
+    jwt_issuer: &str,
+    number: &dyn Fn(&'static str, u64, u64, u64) -> Result<u64, ConfigError>,
+) -> Result<MailSettings, ConfigError> {
+    let smtp_url = match get("SMTP_URL") {
+        Some(url) if reads_url => {
+            crate::mail::validate_smtp_url(url.trim())
+                .map_err(|problem| ConfigError::new("SMTP_URL", problem))?;
+            Some(Secret::new(url.trim().to_owned()))
+        }
+        _ => None,
+    };
+    let enabled = get("SMTP_URL").is_some() || get("SMTP_URL_SECRET_ARN").is_some();
+    let from = get("MAIL_FROM").map_or_else(|| DEFAULT_MAIL_FROM.to_owned(), |f| f.trim().to_owned());
+    crate::mail::validate_from(&from).map_err(|problem| ConfigError::new("MAIL_FROM", problem))?;
+    let app_url = match get("APP_URL") {
+        Some(raw) => {
+            let url = url::Url::parse(raw.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| ConfigError::new("APP_URL", "must be an http(s):// URL"))?;
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(ConfigError::new("APP_URL", "must have no query or fragment"));
+            }
+            url
+        }
+        None => url::Url::parse(jwt_issuer)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .map_or_else(|| url::Url::parse(DEFAULT_APP_URL), Ok)
+            .map_err(|_| ConfigError::new("APP_URL", "has no valid default"))?,
+    };
+    let smtp_timeout_ms = number("SMTP_TIMEOUT_MS", 3_000, 100, 20_000)?;
+    Ok(MailSettings {
+        smtp_url,
+        enabled,
+        smtp_timeout: Duration::from_millis(smtp_timeout_ms),
+        from,
+        product_name: get("MAIL_PRODUCT_NAME").map_or_else(|| "Auth".to_owned(), |n| n.trim().to_owned()),
+        app_url,
+        resend_interval: Duration::from_secs(number("MAIL_RESEND_INTERVAL_SECONDS", 60, 1, 3_600)?),
+        max_per_hour: number("MAIL_MAX_PER_HOUR", 5, 1, 1_000)? as u32,
+        verify_ttl: Duration::from_secs(number("EMAIL_VERIFY_TTL_SECONDS", 86_400, 5, 604_800)?),
+        reset_ttl: Duration::from_secs(number("PASSWORD_RESET_TTL_SECONDS", 1_800, 5, 86_400)?),
+        answer: Duration::from_millis(number("MAIL_ANSWER_MS", 500.min(smtp_timeout_ms), 50, smtp_timeout_ms)?),
+    })
 }
 
 /// `PASSWORD_BREACH_CHECK` and `PASSWORD_BREACH_API_URL`, the URL checked even when the check
@@ -532,6 +652,7 @@ mod tests {
             database: false,
             signing: KeyUse::Verify,
             data_key: false,
+            mail: false,
         };
         let public = r#"{"k1":"-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----\n"}"#;
         // No database URL, no private key, no data key: none is asked for.

@@ -40,6 +40,18 @@ pub enum AuthError {
     TooManyRequests { retry_after_secs: u64 },
     /// 503: the database could not be reached in time; retry after this many seconds.
     ServiceUnavailable { retry_after_secs: u64 },
+    /// 400: a link token that is unknown, used, replaced or of another purpose.
+    LinkInvalid,
+    /// 400: a link token that is known but past its lifetime.
+    LinkExpired,
+    /// 403: the right password for an unverified account, under `REQUIRE_VERIFIED_EMAIL`.
+    EmailNotVerified,
+    /// 403: the current password given to change, delete or enrol is wrong.
+    WrongPassword,
+    /// 404: the session id is not one of the caller's live sessions.
+    SessionNotFound,
+    /// 503: the route exists only to send mail, and mail is off (`SMTP_URL` unset).
+    MailUnavailable,
     /// 500: anything else. The cause is logged where it happens, never sent.
     Internal,
 }
@@ -48,7 +60,9 @@ impl AuthError {
     /// The HTTP status code.
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidJson | Self::InvalidRequest(_) => 400,
+            Self::InvalidJson | Self::InvalidRequest(_) | Self::LinkInvalid | Self::LinkExpired => {
+                400
+            }
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::InvalidEmail(_) | Self::InvalidPassword(_) | Self::WeakPassword => 422,
@@ -57,9 +71,13 @@ impl AuthError {
             | Self::MissingToken
             | Self::InvalidToken
             | Self::TokenExpired => 401,
-            Self::AccountDisabled | Self::AccountLocked => 403,
+            Self::AccountDisabled
+            | Self::AccountLocked
+            | Self::EmailNotVerified
+            | Self::WrongPassword => 403,
+            Self::SessionNotFound => 404,
             Self::TooManyRequests { .. } => 429,
-            Self::ServiceUnavailable { .. } => 503,
+            Self::ServiceUnavailable { .. } | Self::MailUnavailable => 503,
             Self::Internal => 500,
         }
     }
@@ -83,6 +101,12 @@ impl AuthError {
             Self::TokenExpired => "token_expired",
             Self::TooManyRequests { .. } => "too_many_requests",
             Self::ServiceUnavailable { .. } => "service_unavailable",
+            Self::LinkInvalid => "link_invalid",
+            Self::LinkExpired => "link_expired",
+            Self::EmailNotVerified => "email_not_verified",
+            Self::WrongPassword => "wrong_password",
+            Self::SessionNotFound => "session_not_found",
+            Self::MailUnavailable => "mail_unavailable",
             Self::Internal => "internal_error",
         }
     }
@@ -92,7 +116,9 @@ impl AuthError {
     /// a wrong title unnoticed.
     pub fn title(&self) -> &'static str {
         match self {
-            Self::InvalidJson | Self::InvalidRequest(_) => "Bad Request",
+            Self::InvalidJson | Self::InvalidRequest(_) | Self::LinkInvalid | Self::LinkExpired => {
+                "Bad Request"
+            }
             Self::PayloadTooLarge => "Content Too Large",
             Self::UnsupportedMediaType => "Unsupported Media Type",
             Self::InvalidEmail(_) | Self::InvalidPassword(_) | Self::WeakPassword => {
@@ -103,9 +129,13 @@ impl AuthError {
             | Self::MissingToken
             | Self::InvalidToken
             | Self::TokenExpired => "Unauthorized",
-            Self::AccountDisabled | Self::AccountLocked => "Forbidden",
+            Self::AccountDisabled
+            | Self::AccountLocked
+            | Self::EmailNotVerified
+            | Self::WrongPassword => "Forbidden",
+            Self::SessionNotFound => "Not Found",
             Self::TooManyRequests { .. } => "Too Many Requests",
-            Self::ServiceUnavailable { .. } => "Service Unavailable",
+            Self::ServiceUnavailable { .. } | Self::MailUnavailable => "Service Unavailable",
             Self::Internal => "Internal Server Error",
         }
     }
@@ -136,6 +166,20 @@ impl AuthError {
             Self::TooManyRequests { .. } => "Too many attempts; try again later.".into(),
             Self::ServiceUnavailable { .. } => {
                 "The service is temporarily unavailable; try again shortly.".into()
+            }
+            Self::LinkInvalid => {
+                "This link is not valid: it was used already, replaced by a newer one, or is not meant for this."
+                    .into()
+            }
+            Self::LinkExpired => "This link has expired; ask for a new one.".into(),
+            Self::EmailNotVerified => {
+                "Verify your email address first: follow the link in the message we sent."
+                    .into()
+            }
+            Self::WrongPassword => "The current password is incorrect.".into(),
+            Self::SessionNotFound => "There is no such live session.".into(),
+            Self::MailUnavailable => {
+                "Email is not available on this service, so this cannot be done now.".into()
             }
             Self::Internal => "An unexpected error occurred.".into(),
         }
@@ -277,6 +321,27 @@ mod tests {
                 "service_unavailable",
                 "Service Unavailable",
             ),
+            (AuthError::LinkInvalid, 400, "link_invalid", "Bad Request"),
+            (AuthError::LinkExpired, 400, "link_expired", "Bad Request"),
+            (
+                AuthError::EmailNotVerified,
+                403,
+                "email_not_verified",
+                "Forbidden",
+            ),
+            (AuthError::WrongPassword, 403, "wrong_password", "Forbidden"),
+            (
+                AuthError::SessionNotFound,
+                404,
+                "session_not_found",
+                "Not Found",
+            ),
+            (
+                AuthError::MailUnavailable,
+                503,
+                "mail_unavailable",
+                "Service Unavailable",
+            ),
             (
                 AuthError::Internal,
                 500,
@@ -304,7 +369,13 @@ mod tests {
             AuthError::TokenExpired => 13,
             AuthError::TooManyRequests { .. } => 14,
             AuthError::ServiceUnavailable { .. } => 15,
-            AuthError::Internal => 16,
+            AuthError::LinkInvalid => 16,
+            AuthError::LinkExpired => 17,
+            AuthError::EmailNotVerified => 18,
+            AuthError::WrongPassword => 19,
+            AuthError::SessionNotFound => 20,
+            AuthError::MailUnavailable => 21,
+            AuthError::Internal => 22,
         }
     }
 
@@ -344,10 +415,11 @@ mod tests {
     }
 
     #[test]
-    fn only_429_and_503_carry_a_retry_after() {
+    fn only_429_and_a_temporary_503_carry_a_retry_after() {
         for (e, status, ..) in contract() {
+            // Mail being off is the configuration, not a passing fault: no time to retry at.
             let expected = match status {
-                429 | 503 => Some(1),
+                429 | 503 if e != AuthError::MailUnavailable => Some(1),
                 _ => None,
             };
             assert_eq!(e.retry_after_secs(), expected, "{e:?}");

@@ -17,7 +17,9 @@ pub mod email;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod mail;
 pub mod origin;
+pub mod outbox;
 pub mod password;
 pub mod refresh;
 #[cfg(feature = "migrations")]
@@ -38,42 +40,59 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 /// no others (least privilege): the table below is the one place that says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Function {
-    /// `POST /auth/register`: database, argon2.
+    /// `POST /auth/register`: database, argon2, mail (the verification message).
     Register,
     /// `POST /auth/login`: database, argon2, the signing key.
     Login,
     /// `POST /auth/refresh`: database, the signing key, the successor key.
     Refresh,
-    /// `GET /auth/me`: database, the public keys.
+    /// `GET /auth/me` and `DELETE /auth/me`: database, argon2, the public keys.
     Me,
     /// `POST /auth/logout`: database, the public keys.
     Logout,
+    /// `POST /auth/email/verify` and `/resend`: database, mail.
+    Email,
+    /// `POST /auth/password/forgot`, `/reset` and `/change`: database, argon2, mail, the
+    /// public keys.
+    Password,
+    /// `GET /auth/sessions` and `DELETE /auth/sessions/{id}`: database, the public keys.
+    Sessions,
     /// The scheduled prune: database.
     Prune,
+    /// The scheduled delivery of the outbox: database, mail.
+    Mailer,
     /// The key set and discovery document: the public keys, no database.
     Keys,
 }
 
 impl Function {
-    /// The secrets the function reads.
+    /// The secrets the function reads. Mail needs the data key too: it seals the outbox.
     pub fn uses(self) -> Uses {
-        let (database, signing, data_key) = match self {
-            Function::Register => (true, KeyUse::Verify, false),
-            Function::Login => (true, KeyUse::Sign, false),
-            Function::Refresh => (true, KeyUse::Sign, true),
-            Function::Me | Function::Logout | Function::Prune => (true, KeyUse::Verify, false),
-            Function::Keys => (false, KeyUse::Verify, false),
+        let (database, signing, data_key, mail) = match self {
+            Function::Register | Function::Email | Function::Password | Function::Mailer => {
+                (true, KeyUse::Verify, true, true)
+            }
+            Function::Login => (true, KeyUse::Sign, false, false),
+            Function::Refresh => (true, KeyUse::Sign, true, false),
+            Function::Me | Function::Logout | Function::Sessions | Function::Prune => {
+                (true, KeyUse::Verify, false, false)
+            }
+            Function::Keys => (false, KeyUse::Verify, false, false),
         };
         Uses {
             database,
             signing,
             data_key,
+            mail,
         }
     }
 
     /// Whether it hashes or verifies passwords (argon2).
     pub fn hashes_passwords(self) -> bool {
-        matches!(self, Function::Register | Function::Login)
+        matches!(
+            self,
+            Function::Register | Function::Login | Function::Me | Function::Password
+        )
     }
 }
 
@@ -91,6 +110,8 @@ pub struct AppState {
     pub tokens: token::TokenKeys,
     /// The HMAC key deriving a rotated refresh token's successor (refresh).
     pub refresh_key: Option<aws_lc_rs::hmac::Key>,
+    /// The SMTP transport and the outbox's seal, where mail is sent and `SMTP_URL` is set.
+    pub mailer: Option<mail::Mailer>,
     /// The time source.
     pub clock: Clock,
 }
@@ -101,6 +122,7 @@ impl std::fmt::Debug for AppState {
             .field("config", &self.config)
             .field("db", &self.db)
             .field("tokens", &self.tokens)
+            .field("mailer", &self.mailer)
             .finish_non_exhaustive()
     }
 }
@@ -109,7 +131,7 @@ impl AppState {
     /// Builds every part from settings that hold every secret (tests, benches). No network
     /// I/O happens here.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        Self::build(config, true, true)
+        Self::build(config, true, true, true)
     }
 
     /// Builds the parts `function` uses from settings read for it
@@ -118,15 +140,26 @@ impl AppState {
         Self::build(
             config,
             function.hashes_passwords(),
-            function.uses().data_key,
+            function == Function::Refresh,
+            function.uses().mail,
         )
     }
 
-    fn build(config: Config, hashes: bool, data_key: bool) -> Result<Self, ConfigError> {
+    fn build(
+        config: Config,
+        hashes: bool,
+        refreshes: bool,
+        mail: bool,
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
+            mailer: if mail {
+                mail::Mailer::from_config(&config)?
+            } else {
+                None
+            },
             db: database(&config)?,
             tokens: token::TokenKeys::from_config(&config)?,
-            refresh_key: data_key.then(|| refresh_key(&config)).transpose()?,
+            refresh_key: refreshes.then(|| refresh_key(&config)).transpose()?,
             clock: Arc::new(Utc::now),
             passwords: hashes.then(|| passwords(&config)).transpose()?,
             config,
@@ -147,6 +180,11 @@ impl AppState {
             tracing::error!("this function was built without DATA_ENCRYPTION_KEY");
             error::AuthError::Internal
         })
+    }
+
+    /// The mailer, or `503 mail_unavailable` when mail is off.
+    pub fn mailer(&self) -> Result<&mail::Mailer, error::AuthError> {
+        self.mailer.as_ref().ok_or(error::AuthError::MailUnavailable)
     }
 
     /// The current time, from [`AppState::clock`].
@@ -300,18 +338,31 @@ mod tests {
         let me = env(Function::Me);
         assert!(login.passwords().is_ok() && login.refresh_key().is_err());
         assert!(refresh.passwords().is_err() && refresh.refresh_key().is_ok());
-        for function in [Function::Me, Function::Logout, Function::Prune] {
+        for function in [Function::Logout, Function::Sessions, Function::Prune] {
             let state = env(function);
             assert!(state.passwords.is_none() && state.refresh_key.is_none());
             assert!(state.config.data_encryption_key.is_none());
         }
-        assert!(env(Function::Register).passwords().is_ok());
+        for function in [Function::Register, Function::Me, Function::Password] {
+            assert!(env(function).passwords().is_ok(), "{function:?} checks passwords");
+        }
+        // Mail needs the data key (the outbox's seal), and only the mail functions read it.
+        for function in [
+            Function::Register,
+            Function::Email,
+            Function::Password,
+            Function::Mailer,
+        ] {
+            let state = env(function);
+            assert!(state.config.data_encryption_key.is_some() && state.refresh_key.is_none());
+        }
+        assert!(env(Function::Me).config.data_encryption_key.is_none());
 
         let (user, session) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         let now = Utc::now().timestamp();
         let issued = login
             .tokens
-            .issue(user, session, now)
+            .issue(user, session, false, now)
             .expect("the signer signs");
         assert_eq!(
             me.tokens
@@ -321,7 +372,7 @@ mod tests {
             "a verifier with the public keys alone accepts the signer's token"
         );
         assert!(
-            me.tokens.issue(user, session, now).is_err(),
+            me.tokens.issue(user, session, false, now).is_err(),
             "a verifier holds no private key"
         );
         assert_eq!(me.tokens.jwks_json(), login.tokens.jwks_json());

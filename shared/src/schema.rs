@@ -82,6 +82,18 @@ const USERS_COLUMNS: &[(&str, &str, bool)] = &[
     ("is_active", "boolean", false),
     ("created_at", "timestamp with time zone", false),
     ("updated_at", "timestamp with time zone", false),
+    ("email_verified_at", "timestamp with time zone", true),
+];
+
+/// Columns the code reads or writes in the other tables, by (table, column).
+const OTHER_COLUMNS: &[(&str, &str)] = &[
+    ("sessions", "user_agent"),
+    ("sessions", "source_ip"),
+    ("sessions", "ended_by"),
+    ("link_tokens", "used_by"),
+    ("outbox", "sealed"),
+    ("outbox", "next_attempt_at"),
+    ("mail_requests", "request_id"),
 ];
 
 /// Compares the live `users` table with what the code expects: columns, types, nullability,
@@ -175,13 +187,17 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         differences.push("index: missing valid unique index on users(email)".to_owned());
     }
 
-    // The session, limit and audit tables and the functions that work on them (V2).
+    // The session, limit and audit tables (V2, V3), the mail and account tables (V4), and the
+    // functions that work on them.
     for table in [
         "sessions",
         "refresh_tokens",
         "login_throttle",
         "ip_requests",
         "auth_events",
+        "link_tokens",
+        "outbox",
+        "mail_requests",
     ] {
         let found = client
             .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&table])
@@ -197,6 +213,16 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         "auth_end_sessions",
         "auth_refusal",
         "auth_backoff",
+        "auth_mail_request",
+        "auth_link_state",
+        "auth_use_link",
+        "auth_verify_email",
+        "auth_reset_password",
+        "auth_reauth_attempt",
+        "auth_change_password",
+        "auth_delete_user",
+        "auth_revoke_session",
+        "auth_mail_claim",
     ] {
         let found = client
             .query_one(
@@ -207,6 +233,20 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         if !found.get::<_, bool>(0) {
             differences.push(format!(
                 "function {function}: missing (run `authctl migrate`)"
+            ));
+        }
+    }
+    for (table, column) in OTHER_COLUMNS {
+        let found = client
+            .query_one(
+                "SELECT count(*) > 0 FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1::text AND column_name = $2::text",
+                &[table, column],
+            )
+            .await?;
+        if !found.get::<_, bool>(0) {
+            differences.push(format!(
+                "column {table}.{column}: missing (run `authctl migrate`)"
             ));
         }
     }

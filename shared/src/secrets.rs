@@ -35,6 +35,9 @@ pub fn secret_settings(uses: Uses) -> Vec<&'static str> {
     if uses.data_key {
         names.push("DATA_ENCRYPTION_KEY");
     }
+    if uses.mail {
+        names.push("SMTP_URL");
+    }
     names
 }
 
@@ -259,6 +262,7 @@ mod tests {
             database: false,
             signing: KeyUse::Verify,
             data_key: false,
+            mail: false,
         };
         assert_eq!(secret_settings(keys), ["JWT_SECRET"]);
         assert_eq!(
@@ -267,7 +271,8 @@ mod tests {
                 "DATABASE_URL",
                 "JWT_PRIVATE_KEY",
                 "JWT_SECRET",
-                "DATA_ENCRYPTION_KEY"
+                "DATA_ENCRYPTION_KEY",
+                "SMTP_URL"
             ]
         );
     }

@@ -10,6 +10,11 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::{Row, types::Type};
 use uuid::Uuid;
 
+mod account;
+mod outbox;
+pub use account::*;
+pub use outbox::*;
+
 /// A user as stored, without the password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -21,6 +26,8 @@ pub struct User {
     pub is_active: bool,
     /// When the account was created.
     pub created_at: DateTime<Utc>,
+    /// Whether the address was proven (a verification link, or a reset by mail).
+    pub email_verified: bool,
 }
 
 /// A user with the stored argon2id PHC string, for login.
@@ -55,29 +62,68 @@ fn user_from(row: &Row) -> Result<User, DbError> {
         email: row.try_get("email").map_err(DbError::Query)?,
         is_active: row.try_get("is_active").map_err(DbError::Query)?,
         created_at: row.try_get("created_at").map_err(DbError::Query)?,
+        email_verified: row.try_get("email_verified").map_err(DbError::Query)?,
     })
+}
+
+/// The columns [`user_from`] reads, of `users` as `u`.
+const USER_COLUMNS: &str =
+    "u.id, u.email, u.is_active, u.created_at, u.email_verified_at IS NOT NULL AS email_verified";
+
+/// A message written to the outbox by the statement of the action that causes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Queued<'a> {
+    /// The message id (chosen by the caller: the seal's associated data).
+    pub id: Uuid,
+    /// What it is (`verify_email`, `password_reset`, `password_changed`, …).
+    pub kind: &'static str,
+    /// The sealed body.
+    pub sealed: &'a [u8],
+    /// Until when the request that queued it is delivering it: no mailer takes it before.
+    pub lease_until: DateTime<Utc>,
+}
+
+/// A new link token, stored by hash.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLink<'a> {
+    /// SHA-256 of the token.
+    pub hash: &'a [u8],
+    /// The end of its lifetime.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Inserts a new user and forgets any failed logins of its email from before it existed, so
 /// that nobody can lock an address before its owner registers it. Race-safe: there is no select first; the unique index decides, and
 /// its violation (SQLSTATE 23505) is `EmailTaken`. The id is chosen here so that a retry after
 /// a lost connection can recognize its own, already committed row instead of calling it taken.
+///
+/// With `verification` (mail on), the same statement stores the verification link and queues
+/// its message.
 pub async fn insert_user(
     db: &Db,
     email: &Email,
     hashed_password: &str,
     origin: &Origin,
     now: DateTime<Utc>,
+    verification: Option<(NewLink<'_>, Queued<'_>)>,
 ) -> Result<User, InsertError> {
     let id = Uuid::new_v4();
+    let (link, queued) = verification.unzip();
     let inserted = db
         .query_opt(
             "WITH u AS (INSERT INTO users (id, email, hashed_password, created_at, updated_at) \
-                        VALUES ($1, $2, $3, $4, $4) RETURNING id, email, is_active, created_at), \
+                        VALUES ($1, $2, $3, $4, $4) \
+                        RETURNING id, email, is_active, created_at, false AS email_verified), \
                   e AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent) \
                         SELECT $4, 'user.registered', id, $5, $6 FROM u), \
-                  t AS (DELETE FROM login_throttle WHERE account = $7 AND EXISTS (SELECT 1 FROM u)) \
-             SELECT id, email, is_active, created_at FROM u",
+                  t AS (DELETE FROM login_throttle WHERE account = $7 AND EXISTS (SELECT 1 FROM u)), \
+                  l AS (INSERT INTO link_tokens (hash, user_id, purpose, created_at, expires_at) \
+                        SELECT $8, id, 'verify_email', $4, $9 FROM u WHERE $8::bytea IS NOT NULL), \
+                  o AS (INSERT INTO outbox (id, user_id, kind, sealed, attempts, next_attempt_at, created_at) \
+                        SELECT $10, id, 'verify_email', $11, 1, $12, $4 FROM u WHERE $11::bytea IS NOT NULL), \
+                  v AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent) \
+                        SELECT $4, 'email.verification_sent', id, $5, $6 FROM u WHERE $11::bytea IS NOT NULL) \
+             SELECT id, email, is_active, created_at, email_verified FROM u",
             &[
                 (&id, Type::UUID),
                 (&email.as_str(), Type::TEXT),
@@ -86,6 +132,11 @@ pub async fn insert_user(
                 (&origin.source_ip, Type::TEXT),
                 (&origin.user_agent, Type::TEXT),
                 (&account_key(Some(email), email.as_str()).as_slice(), Type::BYTEA),
+                (&link.map(|l| l.hash), Type::BYTEA),
+                (&link.map(|l| l.expires_at), Type::TIMESTAMPTZ),
+                (&queued.map(|q| q.id), Type::UUID),
+                (&queued.map(|q| q.sealed), Type::BYTEA),
+                (&queued.map(|q| q.lease_until), Type::TIMESTAMPTZ),
             ],
         )
         .await;
@@ -161,8 +212,9 @@ pub async fn login_attempt(
     let email = email.map(Email::as_str);
     let row = db
         .query_opt(
-            "SELECT outcome, retry_until, id, email, is_active, created_at, hashed_password \
-             FROM auth_login_attempt($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "SELECT a.outcome, a.retry_until, a.id, a.email, a.is_active, a.created_at, a.hashed_password, \
+                    (SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = a.id) AS email_verified \
+             FROM auth_login_attempt($1, $2, $3, $4, $5, $6, $7, $8, $9) a",
             &[
                 (&email, Type::TEXT),
                 (&account, Type::BYTEA),
@@ -228,7 +280,7 @@ pub async fn unlock(
 pub async fn find_by_id(db: &Db, id: Uuid) -> Result<Option<User>, DbError> {
     let row = db
         .query_opt(
-            "SELECT id, email, is_active, created_at FROM users WHERE id = $1",
+            &format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"),
             &[(&id, Type::UUID)],
         )
         .await?;
@@ -271,8 +323,8 @@ pub async fn start_session(
 ) -> Result<(), DbError> {
     let row = db
         .query_opt(
-            "WITH s AS (INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at) \
-                        VALUES ($1, $2, $4, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id), \
+            "WITH s AS (INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, source_ip, user_agent) \
+                        VALUES ($1, $2, $4, $4, $5, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING id), \
                   r AS (INSERT INTO refresh_tokens (hash, session_id, issued_at) SELECT $3, id, $4 FROM s), \
                   t AS (DELETE FROM login_throttle WHERE account = $6 AND network IN ('*', $7)), \
                   e AS (INSERT INTO auth_events (occurred_at, event, user_id, session_id, source_ip, user_agent) \
@@ -386,7 +438,7 @@ pub async fn session_user(
 ) -> Result<SessionUser, DbError> {
     let row = db
         .query_opt(
-            "SELECT u.id, u.email, u.is_active, u.created_at, \
+            "SELECT u.id, u.email, u.is_active, u.created_at, u.email_verified_at IS NOT NULL AS email_verified, \
                     coalesce(s.ended_at IS NULL AND s.expires_at > $3 AND s.last_used_at > $4, false) AS live \
              FROM users u LEFT JOIN sessions s ON s.id = $2 AND s.user_id = u.id \
              WHERE u.id = $1",
@@ -504,6 +556,8 @@ pub struct Refreshed {
     pub session_id: Option<Uuid>,
     /// Its user, when the token was known.
     pub user_id: Option<Uuid>,
+    /// Whether that user's address is proven, for the new access token's claim.
+    pub email_verified: bool,
 }
 
 /// Presents a refresh token (by hash): rotates it to `successor_hash`, or recognizes a race
@@ -522,8 +576,10 @@ pub async fn refresh(
 ) -> Result<Refreshed, DbError> {
     let row = db
         .query_opt(
-            "SELECT outcome, session_id, user_id FROM auth_refresh($1, $2, $3, make_interval(secs => $4), \
-             make_interval(secs => $5), $6, $7, $8)",
+            "SELECT r.outcome, r.session_id, r.user_id, \
+                    coalesce((SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = r.user_id), false) \
+                        AS email_verified \
+             FROM auth_refresh($1, $2, $3, make_interval(secs => $4), make_interval(secs => $5), $6, $7, $8) r",
             &[
                 (&hash, Type::BYTEA),
                 (&successor_hash, Type::BYTEA),
@@ -542,6 +598,7 @@ pub async fn refresh(
         outcome: RefreshOutcome::parse(&outcome)?,
         session_id: row.try_get("session_id").map_err(DbError::Query)?,
         user_id: row.try_get("user_id").map_err(DbError::Query)?,
+        email_verified: row.try_get("email_verified").map_err(DbError::Query)?,
     })
 }
 
@@ -624,11 +681,19 @@ pub struct Pruned {
     pub ip_requests: u64,
     /// Backoff rows nobody needs any more.
     pub throttles: u64,
+    /// Outbox rows sent or failed before the retention.
+    pub mail: u64,
+    /// Link tokens a day past their lifetime.
+    pub links: u64,
+    /// Requested-mail counts that slid out of their hour.
+    pub mail_requests: u64,
 }
 
-/// Deletes what has expired: audit rows and finished sessions older than `cutoff`, address
-/// windows past their minute, and backoff rows whose wait is over and that have been quiet for
-/// a day (a day without failures forgets the count); a lock is kept until `cutoff`.
+/// Deletes what has expired: audit rows, finished sessions and finished mail older than
+/// `cutoff`, address windows past their minute, requested-mail counts past their hour, link
+/// tokens a day past their lifetime (until then a late click says `link_expired`), and backoff
+/// rows whose wait is over and that have been quiet for a day (a day without failures forgets
+/// the count); a lock is kept until `cutoff`.
 pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result<Pruned, DbError> {
     let row = db
         .query_opt(
@@ -639,9 +704,14 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result
                         WHERE updated_at < $1 \
                            OR (updated_at < $2 - interval '1 day' \
                                AND coalesce(blocked_until, '-infinity') <= $2 AND locked_at IS NULL) \
-                        RETURNING 1) \
+                        RETURNING 1), \
+                  m AS (DELETE FROM outbox WHERE status <> 'pending' AND finished_at < $1 RETURNING 1), \
+                  l AS (DELETE FROM link_tokens WHERE expires_at < $2 - interval '1 day' RETURNING 1), \
+                  r AS (DELETE FROM mail_requests WHERE at <= $2 - interval '1 hour' RETURNING 1) \
              SELECT (SELECT count(*) FROM e) AS events, (SELECT count(*) FROM s) AS sessions, \
-                    (SELECT count(*) FROM i) AS ip_requests, (SELECT count(*) FROM t) AS throttles",
+                    (SELECT count(*) FROM i) AS ip_requests, (SELECT count(*) FROM t) AS throttles, \
+                    (SELECT count(*) FROM m) AS mail, (SELECT count(*) FROM l) AS links, \
+                    (SELECT count(*) FROM r) AS mail_requests",
             &[
                 (&cutoff, Type::TIMESTAMPTZ),
                 (&now, Type::TIMESTAMPTZ),
@@ -658,6 +728,9 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result
         sessions: count("sessions")?,
         ip_requests: count("ip_requests")?,
         throttles: count("throttles")?,
+        mail: count("mail")?,
+        links: count("links")?,
+        mail_requests: count("mail_requests")?,
     })
 }
 

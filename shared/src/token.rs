@@ -38,6 +38,8 @@ pub struct Claims {
     pub aud: String,
     /// A unique id for this token.
     pub jti: String,
+    /// Whether the user's email address was proven when the token was issued.
+    pub email_verified: bool,
 }
 
 /// The claims a verified token must carry beyond those `Validation` checks.
@@ -232,6 +234,7 @@ impl TokenKeys {
         &self,
         user_id: Uuid,
         session_id: Uuid,
+        email_verified: bool,
         now: i64,
     ) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
         let ttl = self.ttl.as_secs();
@@ -243,6 +246,7 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             jti: Uuid::new_v4().to_string(),
+            email_verified,
         };
         let mut header = Header::new(self.algorithm);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
@@ -348,7 +352,7 @@ fn discovery_document(issuer: &str, algorithm: Algorithm) -> String {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [alg],
         "token_endpoint_auth_methods_supported": ["none"],
-        "claims_supported": ["sub", "sid", "iss", "aud", "exp", "iat", "jti"],
+        "claims_supported": ["sub", "sid", "iss", "aud", "exp", "iat", "jti", "email_verified"],
     })
     .to_string()
 }
@@ -477,7 +481,7 @@ mod tests {
     fn an_issued_token_round_trips_with_all_claims_and_the_at_jwt_type() {
         let k = keys();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let issued = k.issue(user, session, now()).expect("issue");
+        let issued = k.issue(user, session, false, now()).expect("issue");
         assert_eq!(issued.expires_in, 900);
         assert_eq!(
             k.verify(&issued.token),
@@ -511,7 +515,7 @@ mod tests {
             Err(TokenRejection::Expired)
         );
         let old = k
-            .issue(Uuid::new_v4(), Uuid::new_v4(), now() - 3600)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now() - 3600)
             .expect("issue");
         assert_eq!(k.verify(&old.token), Err(TokenRejection::Expired));
     }
@@ -526,14 +530,14 @@ mod tests {
             Err(TokenRejection::BadSignature)
         );
         let foreign = keys_with("iss-b", "aud-a", SECRET)
-            .issue(Uuid::new_v4(), Uuid::new_v4(), now())
+            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now())
             .expect("i");
         assert_eq!(
             k.verify(&foreign.token),
             Err(TokenRejection::WrongIssuerOrAudience)
         );
         let foreign = keys_with("iss-a", "aud-b", SECRET)
-            .issue(Uuid::new_v4(), Uuid::new_v4(), now())
+            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now())
             .expect("i");
         assert_eq!(
             k.verify(&foreign.token),
@@ -625,7 +629,7 @@ mod tests {
         ]))
         .expect("keys");
         let issued = k
-            .issue(Uuid::new_v4(), Uuid::new_v4(), now())
+            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now())
             .expect("issue");
         let header = jsonwebtoken::decode_header(&issued.token).expect("header");
         assert_eq!(
@@ -659,7 +663,7 @@ mod tests {
         ]))
         .expect("old keys");
         let token = old
-            .issue(Uuid::new_v4(), Uuid::new_v4(), now())
+            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now())
             .expect("issue")
             .token;
         let extra = json!({ "old": old_public }).to_string();

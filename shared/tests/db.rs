@@ -260,6 +260,7 @@ async fn a_login_upgrades_a_hash_weaker_than_the_configured_parameters() {
         &old,
         &shared::origin::Origin::default(),
         chrono::Utc::now(),
+        None,
     )
     .await
     .expect("insert");

@@ -336,6 +336,7 @@ async fn me_refuses_missing_foreign_and_expired_tokens_with_a_bearer_challenge()
         .issue(
             user_id,
             uuid::Uuid::new_v4(),
+            false,
             chrono::Utc::now().timestamp() - 3_600,
         )
         .expect("issue");
@@ -377,6 +378,7 @@ async fn an_unreachable_database_answers_503_with_retry_after() {
         .issue(
             uuid::Uuid::new_v4(),
             uuid::Uuid::new_v4(),
+            false,
             chrono::Utc::now().timestamp(),
         )
         .expect("issue")

@@ -13,7 +13,7 @@ use crate::{
     token::TokenKeys,
 };
 use chrono::SecondsFormat;
-use lambda_http::{Body, Error, Request, Response};
+use lambda_http::{Body, Error, Request, Response, http::Method};
 use serde::Serialize;
 
 /// How long clients and API Gateway's JWT authorizer may cache the key set and discovery
@@ -27,6 +27,7 @@ struct UserBody<'a> {
     email: &'a str,
     is_active: bool,
     created_at: String,
+    email_verified: bool,
 }
 
 impl<'a> From<&'a User> for UserBody<'a> {
@@ -36,6 +37,7 @@ impl<'a> From<&'a User> for UserBody<'a> {
             email: &user.email,
             is_active: user.is_active,
             created_at: user.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            email_verified: user.email_verified,
         }
     }
 }
@@ -102,8 +104,11 @@ pub async fn refresh(state: &AppState, req: Request) -> Result<Response<Body>, E
     Ok(render(result, tokens))
 }
 
-/// `GET /auth/me` → 200 with the token's user.
+/// `GET /auth/me` → 200 with the token's user; `DELETE /auth/me` → 204, the account deleted.
 pub async fn me(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    if req.method() == Method::DELETE {
+        return delete_me(state, req).await;
+    }
     let origin = origin(&req);
     let result = match bearer(&req) {
         Bearer::Missing => {
@@ -145,4 +150,184 @@ pub async fn keys(tokens: &TokenKeys, req: Request) -> Result<Response<Body>, Er
         tokens.jwks_json()
     };
     Ok(public_json(document, KEYS_MAX_AGE_SECS))
+}
+
+/// The bearer token of a request that needs one: `401 missing_token` without it.
+fn required_bearer(req: &Request) -> Result<&str, AuthError> {
+    match bearer(req) {
+        Bearer::Missing => Err(AuthError::MissingToken),
+        Bearer::Token(token) => Ok(token),
+    }
+}
+
+/// `DELETE /auth/me` with `{"password"}` → 204.
+async fn delete_me(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let origin = origin(&req);
+    let result = async {
+        let token = required_bearer(&req)?;
+        let body = json_object(&req)?;
+        let password = string_field(&body, "password")?;
+        auth::delete_account(state, token, &password, &origin).await
+    }
+    .await;
+    Ok(render(result, |()| no_content()))
+}
+
+/// A route of a function serving several, by method and path; the router sends no other.
+fn route(req: &Request) -> (Method, &str) {
+    (req.method().clone(), req.uri().path().trim_end_matches('/'))
+}
+
+/// A request the function's routes do not cover: only a routing mistake sends one.
+fn unrouted(req: &Request) -> Response<Body> {
+    tracing::error!(method = %req.method(), path = req.uri().path(), "no route in this function");
+    super::problem(&AuthError::Internal)
+}
+
+/// `POST /auth/email/verify` → 200 with the user; `POST /auth/email/verify/resend` → 202.
+pub async fn email(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let started = tokio::time::Instant::now();
+    let origin = origin(&req);
+    let response = match route(&req) {
+        (Method::POST, "/auth/email/verify") => {
+            let result = async {
+                auth::check_source_address(state, &origin, "email_verify").await?;
+                let body = json_object(&req)?;
+                auth::verify_email(state, &string_field(&body, "token")?, &origin).await
+            }
+            .await;
+            render(result, |user| json(200, &UserBody::from(&user)))
+        }
+        (Method::POST, "/auth/email/verify/resend") => {
+            mail_request(state, &req, &origin, auth::MailAsk::Verification, started).await
+        }
+        _ => unrouted(&req),
+    };
+    Ok(response)
+}
+
+/// Forgot and resend: `202 {}` for every email (see `auth::request_mail`).
+async fn mail_request(
+    state: &AppState,
+    req: &Request,
+    origin: &crate::origin::Origin,
+    ask: auth::MailAsk,
+    started: tokio::time::Instant,
+) -> Response<Body> {
+    let result = async {
+        auth::check_source_address(
+            state,
+            origin,
+            match ask {
+                auth::MailAsk::PasswordReset => "password_forgot",
+                auth::MailAsk::Verification => "email_resend",
+            },
+        )
+        .await?;
+        let body = json_object(req)?;
+        let email = string_field(&body, "email")?;
+        auth::request_mail(state, ask, &email, origin, started).await
+    }
+    .await;
+    render(result, |()| json(202, &serde_json::json!({})))
+}
+
+/// `POST /auth/password/forgot` → 202, `/reset` → 204, `/change` (Bearer) → 204.
+pub async fn password(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let started = tokio::time::Instant::now();
+    let origin = origin(&req);
+    let response = match route(&req) {
+        (Method::POST, "/auth/password/forgot") => {
+            mail_request(state, &req, &origin, auth::MailAsk::PasswordReset, started).await
+        }
+        (Method::POST, "/auth/password/reset") => {
+            let result = async {
+                auth::check_source_address(state, &origin, "password_reset").await?;
+                let body = json_object(&req)?;
+                let token = string_field(&body, "token")?;
+                let password = string_field(&body, "password")?;
+                auth::reset_password(state, &token, &password, &origin).await
+            }
+            .await;
+            render(result, |()| no_content())
+        }
+        (Method::POST, "/auth/password/change") => {
+            let result = async {
+                let token = required_bearer(&req)?;
+                let body = json_object(&req)?;
+                let current = string_field(&body, "current_password")?;
+                let new = string_field(&body, "new_password")?;
+                auth::change_password(state, token, &current, &new, &origin).await
+            }
+            .await;
+            render(result, |()| no_content())
+        }
+        _ => unrouted(&req),
+    };
+    Ok(response)
+}
+
+/// One session in the list.
+#[derive(Serialize)]
+struct SessionBody<'a> {
+    id: uuid::Uuid,
+    created_at: String,
+    last_used_at: String,
+    expires_at: String,
+    user_agent: Option<&'a str>,
+    source_ip: Option<&'a str>,
+    current: bool,
+}
+
+#[derive(Serialize)]
+struct SessionsBody<'a> {
+    sessions: Vec<SessionBody<'a>>,
+}
+
+fn sessions_body(sessions: &[crate::store::SessionInfo]) -> Response<Body> {
+    let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+    json(
+        200,
+        &SessionsBody {
+            sessions: sessions
+                .iter()
+                .map(|s| SessionBody {
+                    id: s.id,
+                    created_at: time(&s.created_at),
+                    last_used_at: time(&s.last_used_at),
+                    expires_at: time(&s.expires_at),
+                    user_agent: s.user_agent.as_deref(),
+                    source_ip: s.source_ip.as_deref(),
+                    current: s.current,
+                })
+                .collect(),
+        },
+    )
+}
+
+/// `GET /auth/sessions` → 200 with the live sessions; `DELETE /auth/sessions/{id}` → 204.
+pub async fn sessions(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let origin = origin(&req);
+    let (method, path) = route(&req);
+    let response = match (method, path) {
+        (Method::GET, "/auth/sessions") => {
+            let result = async {
+                let token = required_bearer(&req)?;
+                auth::list_sessions(state, token, &origin).await
+            }
+            .await;
+            render(result, |sessions| sessions_body(&sessions))
+        }
+        (Method::DELETE, path) if path.starts_with("/auth/sessions/") => {
+            let target = &path["/auth/sessions/".len()..];
+            let result = async {
+                let token = required_bearer(&req)?;
+                auth::revoke_session(state, token, target, &origin).await
+            }
+            .await;
+            render(result, |()| no_content())
+        }
+        _ => unrouted(&req),
+    };
+    Ok(response)
 }

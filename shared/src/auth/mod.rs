@@ -11,13 +11,19 @@ use crate::{
     origin::Origin,
     password::{self, NewPassword},
     refresh,
+    mail::Notice,
+    outbox::{self, Prepared},
     store::{
-        self, Attempt, AuditEvent, InsertError, LoginLimits, RefreshOutcome, SessionUser, User,
+        self, Attempt, AuditEvent, InsertError, LoginLimits, NewLink, RefreshOutcome, SessionUser,
+        User,
     },
     token::{AccessToken, IssuedToken, TokenRejection},
 };
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+mod account;
+pub use account::*;
 
 /// Email and password as the client sent them (unnormalized, unvalidated).
 pub struct Credentials {
@@ -52,6 +58,16 @@ async fn audit(state: &AppState, event: AuditEvent<'_>, origin: &Origin) {
             other => format!("{other:?}"),
         };
         tracing::warn!(audit_event = event.event, error, "audit row not written");
+    }
+}
+
+/// The thresholds of the per-account limits, which every password check counts against.
+fn login_limits(config: &crate::config::Config) -> LoginLimits {
+    LoginLimits {
+        network_after: config.login_backoff_after,
+        account_after: config.login_account_backoff_after,
+        lock_after: config.login_lock_after,
+        max_secs: config.login_backoff_max.as_secs_f64(),
     }
 }
 
@@ -129,9 +145,33 @@ pub async fn register(
         return Err(rejected("breached_password", AuthError::WeakPassword).await);
     }
     let hash = state.passwords()?.hash(&password).await?;
-    match store::insert_user(&state.db, &email, &hash, origin, now).await {
+    // With mail on, the verification link and its message are stored by the insert itself.
+    let verification = state.mailer.as_ref().map(|mailer| {
+        let raw = refresh::generate();
+        let notice = Notice::VerifyEmail {
+            token: refresh::encode(&raw),
+        };
+        (
+            mailer,
+            refresh::hash(&raw),
+            Prepared::new(mailer, email.as_str(), notice),
+        )
+    });
+    let stored = verification.as_ref().map(|(_, hash, prepared)| {
+        (
+            NewLink {
+                hash,
+                expires_at: now + state.config.mail.verify_ttl,
+            },
+            prepared.queued(now),
+        )
+    });
+    match store::insert_user(&state.db, &email, &hash, origin, now, stored).await {
         Ok(user) => {
             tracing::info!(event = "user.registered", user_id = %user.id, email = %email.masked());
+            if let Some((mailer, _, prepared)) = &verification {
+                outbox::deliver(state, mailer, prepared, state.config.mail.smtp_timeout).await;
+            }
             Ok(user)
         }
         Err(InsertError::EmailTaken) => Err(rejected("email_taken", AuthError::EmailTaken).await),
@@ -154,12 +194,7 @@ pub async fn login(
     let account = store::account_key(email.as_ref(), &credentials.email);
     let network = origin.network();
     let config = &state.config;
-    let limits = LoginLimits {
-        network_after: config.login_backoff_after,
-        account_after: config.login_account_backoff_after,
-        lock_after: config.login_lock_after,
-        max_secs: config.login_backoff_max.as_secs_f64(),
-    };
+    let limits = login_limits(config);
     let (found, attempt) = store::login_attempt(
         &state.db,
         email.as_ref(),
@@ -220,6 +255,11 @@ pub async fn login(
         audit(state, failed("account_disabled", false), origin).await;
         return Err(AuthError::AccountDisabled);
     }
+    if state.config.require_verified_email && !user.email_verified {
+        tracing::info!(event = "login.failed", reason = "email_not_verified", user_id = %user.id, email = %masked);
+        audit(state, failed("email_not_verified", false), origin).await;
+        return Err(AuthError::EmailNotVerified);
+    }
     if state.passwords()?.needs_rehash(&found.hashed_password) {
         rehash(state, user, &found.hashed_password, &password).await;
     }
@@ -239,7 +279,7 @@ pub async fn login(
         origin,
     )
     .await?;
-    let access = issue(state, user.id, session_id, now)?;
+    let access = issue(state, user.id, session_id, user.email_verified, now)?;
     tracing::info!(event = "login.succeeded", user_id = %user.id, session_id = %session_id);
     Ok(Tokens {
         access,
@@ -251,11 +291,12 @@ fn issue(
     state: &AppState,
     user_id: Uuid,
     session_id: Uuid,
+    email_verified: bool,
     now: DateTime<Utc>,
 ) -> Result<IssuedToken, AuthError> {
     state
         .tokens
-        .issue(user_id, session_id, now.timestamp())
+        .issue(user_id, session_id, email_verified, now.timestamp())
         .map_err(|error| {
             tracing::error!(%error, "token signing failed");
             AuthError::Internal
@@ -314,7 +355,7 @@ pub async fn refresh(
             Some(user_id),
             Some(session_id),
         ) => {
-            let access = issue(state, user_id, session_id, now)?;
+            let access = issue(state, user_id, session_id, refreshed.email_verified, now)?;
             tracing::info!(
                 event = "refresh.succeeded",
                 user_id = user,

@@ -1,0 +1,486 @@
+//! The account operations (docs/api.md "Account"): email verification and its resend, forgot /
+//! reset / change password, deleting the account, and the sessions list. Link tokens are 256
+//! random bits, base64url, stored by hash, single-use and bound to one user and one purpose.
+
+use super::{audit, login_limits, refuse_token, seconds_until, verified};
+use crate::{
+    AppState,
+    email::Email,
+    error::AuthError,
+    mail::{Mailer, Notice},
+    origin::Origin,
+    outbox::{self, Prepared},
+    password::{self, NewPassword},
+    refresh,
+    store::{
+        self, Attempt, AuditEvent, LinkPurpose, LinkRefusal, MailLimits, MailRequest, NewLink,
+        SessionInfo, SessionUser, Unauthorized, User,
+    },
+    token::AccessToken,
+};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Which mail a person asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailAsk {
+    /// `POST /auth/password/forgot`: a reset link.
+    PasswordReset,
+    /// `POST /auth/email/verify/resend`: a new verification link.
+    Verification,
+}
+
+impl MailAsk {
+    fn route(self) -> &'static str {
+        match self {
+            MailAsk::PasswordReset => "password_forgot",
+            MailAsk::Verification => "email_resend",
+        }
+    }
+}
+
+fn link_error(refusal: LinkRefusal) -> AuthError {
+    match refusal {
+        LinkRefusal::Invalid => AuthError::LinkInvalid,
+        LinkRefusal::Expired => AuthError::LinkExpired,
+    }
+}
+
+fn link_reason(refusal: LinkRefusal) -> &'static str {
+    match refusal {
+        LinkRefusal::Invalid => "link_invalid",
+        LinkRefusal::Expired => "link_expired",
+    }
+}
+
+/// A link token refused: logged and audited (as a refusal, counted per minute).
+async fn refuse_link(
+    state: &AppState,
+    event: &'static str,
+    reason: &'static str,
+    origin: &Origin,
+) {
+    tracing::info!(event, reason);
+    audit(state, AuditEvent::refusal(event, reason), origin).await;
+}
+
+/// A fresh link token: the raw token for the message and its hash for the store.
+fn new_link() -> (String, Vec<u8>) {
+    let raw = refresh::generate();
+    (refresh::encode(&raw), refresh::hash(&raw))
+}
+
+/// A notice that follows an action (password changed), prepared when mail is on.
+fn notice<'s>(state: &'s AppState, to: &str, notice: Notice) -> Option<(&'s Mailer, Prepared)> {
+    state
+        .mailer
+        .as_ref()
+        .map(|mailer| (mailer, Prepared::new(mailer, to, notice)))
+}
+
+/// Forgot and resend: `202` for every email, account or not, at the same moment
+/// (`MAIL_ANSWER_MS` after `started`), after the same work — a link token and a sealed message
+/// are made either way, and one statement counts the recipient's limits and stores them only
+/// when the account qualifies. Only the account's mailbox learns anything.
+pub async fn request_mail(
+    state: &AppState,
+    ask: MailAsk,
+    raw_email: &str,
+    origin: &Origin,
+    started: Instant,
+) -> Result<(), AuthError> {
+    let mailer = state.mailer()?;
+    let settings = &state.config.mail;
+    let answer_at = started + settings.answer;
+    let now = state.now();
+    let email = Email::parse(raw_email).ok();
+    let recipient = store::account_key(email.as_ref(), raw_email);
+    let (token, hash) = new_link();
+    let (purpose, ttl, notice) = match ask {
+        MailAsk::PasswordReset => (
+            LinkPurpose::ResetPassword,
+            settings.reset_ttl,
+            Notice::PasswordReset { token },
+        ),
+        MailAsk::Verification => (
+            LinkPurpose::VerifyEmail,
+            settings.verify_ttl,
+            Notice::VerifyEmail { token },
+        ),
+    };
+    // A malformed address is sealed too (never sent), so that path does the same work.
+    let to = email.as_ref().map_or(raw_email.trim(), Email::as_str);
+    let prepared = Prepared::new(mailer, to, notice);
+    let link = NewLink {
+        hash: &hash,
+        expires_at: now + ttl,
+    };
+    let limits = MailLimits {
+        interval_secs: settings.resend_interval.as_secs_f64(),
+        per_hour: settings.max_per_hour,
+    };
+    let outcome = store::mail_request(
+        &state.db,
+        purpose,
+        &recipient,
+        email.as_ref(),
+        link,
+        prepared.queued(now),
+        limits,
+        now,
+        origin,
+    )
+    .await?;
+    match outcome {
+        MailRequest::Limited(retry_after_secs) => {
+            tracing::info!(
+                event = "mail.limited",
+                route = ask.route(),
+                retry_after_secs
+            );
+            audit(
+                state,
+                AuditEvent::refusal("mail.limited", ask.route()),
+                origin,
+            )
+            .await;
+            return Err(AuthError::TooManyRequests { retry_after_secs });
+        }
+        MailRequest::Queued(user_id) => {
+            tracing::info!(event = "mail.requested", route = ask.route(), user_id = %user_id, message_id = %prepared.id);
+            // Whatever is not done by the answer's moment is left to the mailer.
+            let remaining = answer_at.saturating_duration_since(Instant::now());
+            let delivery = outbox::deliver(state, mailer, &prepared, remaining);
+            if tokio::time::timeout(remaining, delivery).await.is_err() {
+                tracing::info!(event = "mail.deferred", message_id = %prepared.id, "left to the mailer");
+            }
+        }
+        MailRequest::Accepted => {
+            tracing::info!(event = "mail.requested", route = ask.route(), account = false);
+        }
+    }
+    tokio::time::sleep_until(answer_at).await;
+    Ok(())
+}
+
+/// `POST /auth/email/verify`: proves the address with its link and returns the user.
+pub async fn verify_email(
+    state: &AppState,
+    token: &str,
+    origin: &Origin,
+) -> Result<User, AuthError> {
+    const EVENT: &str = "email.verify_failed";
+    let Some(raw) = refresh::decode(token) else {
+        refuse_link(state, EVENT, "malformed", origin).await;
+        return Err(AuthError::LinkInvalid);
+    };
+    let now = state.now();
+    match store::verify_email(&state.db, &refresh::hash(&raw), now, Uuid::new_v4(), origin)
+        .await?
+    {
+        Ok(user) => {
+            tracing::info!(event = "email.verified", user_id = %user.id);
+            Ok(user)
+        }
+        Err(refusal) => {
+            refuse_link(state, EVENT, link_reason(refusal), origin).await;
+            Err(link_error(refusal))
+        }
+    }
+}
+
+/// `POST /auth/password/reset`: sets a new password with a reset link. The new password follows
+/// the registration rules (and the token stays usable when it does not); then, atomically,
+/// every session ends, the lock and backoffs lift, the address counts as proven, the token is
+/// used and a notice is queued. It does not log in.
+pub async fn reset_password(
+    state: &AppState,
+    token: &str,
+    new_password: &str,
+    origin: &Origin,
+) -> Result<(), AuthError> {
+    const EVENT: &str = "password.reset_failed";
+    let Some(raw) = refresh::decode(token) else {
+        refuse_link(state, EVENT, "malformed", origin).await;
+        return Err(AuthError::LinkInvalid);
+    };
+    let hash = refresh::hash(&raw);
+    let now = state.now();
+    let holder = match store::link_state(&state.db, &hash, LinkPurpose::ResetPassword, now).await? {
+        Ok(holder) => holder,
+        Err(refusal) => {
+            refuse_link(state, EVENT, link_reason(refusal), origin).await;
+            return Err(link_error(refusal));
+        }
+    };
+    let email = Email::parse(&holder.email)?;
+    let password = new_password_for(state, new_password, &email).await?;
+    let new_hash = state.passwords()?.hash(&password).await?;
+    let notice = notice(state, email.as_str(), Notice::PasswordChanged);
+    let account = store::account_key(Some(&email), email.as_str());
+    let now = state.now();
+    let reset = store::reset_password(
+        &state.db,
+        &hash,
+        &new_hash,
+        &account,
+        now,
+        Uuid::new_v4(),
+        notice.as_ref().map(|(_, prepared)| prepared.queued(now)),
+        origin,
+    )
+    .await?;
+    match reset {
+        Ok(user_id) => {
+            tracing::info!(event = "password.reset", user_id = %user_id);
+            if let Some((mailer, prepared)) = &notice {
+                outbox::deliver(state, mailer, prepared, state.config.mail.smtp_timeout).await;
+            }
+            Ok(())
+        }
+        // Used by a concurrent reset between the look-up and now.
+        Err(refusal) => {
+            refuse_link(state, EVENT, link_reason(refusal), origin).await;
+            Err(link_error(refusal))
+        }
+    }
+}
+
+/// A new password under the registration rules, breached-password check included.
+async fn new_password_for(
+    state: &AppState,
+    raw: &str,
+    email: &Email,
+) -> Result<NewPassword, AuthError> {
+    let password = NewPassword::parse(raw, email, state.config.password_min_length)?;
+    if crate::breach::is_breached(&state.config.password_breach, &password).await {
+        return Err(AuthError::WeakPassword);
+    }
+    Ok(password)
+}
+
+/// A signed-in user's password, checked: the token's session must be live, and the check
+/// counts against the account's backoffs like a login (`429` during a wait, `403
+/// account_locked` when locked, `403 wrong_password` when wrong). Returns the token, the
+/// user's address and the hash that was checked.
+async fn reauthenticate(
+    state: &AppState,
+    route: &'static str,
+    bearer: &str,
+    password: &str,
+    origin: &Origin,
+) -> Result<(AccessToken, Email, String), AuthError> {
+    let token = verified(state, route, bearer, origin).await?;
+    let now = state.now();
+    let network = origin.network();
+    let reauth = match store::reauth_attempt(
+        &state.db,
+        token.user_id,
+        token.session_id,
+        now,
+        now - state.config.session_idle,
+        &network,
+        Uuid::new_v4(),
+        login_limits(&state.config),
+    )
+    .await?
+    {
+        Ok(reauth) => reauth,
+        Err(unauthorized) => {
+            return Err(refuse_token(state, route, &token, unauthorized.reason(), origin).await);
+        }
+    };
+    let failed = |reason: &'static str, refusal: bool| AuditEvent {
+        event: "password.check_failed",
+        reason: Some(reason),
+        user_id: Some(token.user_id),
+        session_id: Some(token.session_id),
+        refusal,
+    };
+    match reauth.attempt {
+        Attempt::Counted => {}
+        Attempt::Blocked(until) => {
+            let retry_after_secs = until.map_or(1, |until| seconds_until(until, now));
+            tracing::info!(event = "password.check_failed", route, reason = "too_many_attempts", user_id = %token.user_id, retry_after_secs);
+            audit(state, failed("too_many_attempts", true), origin).await;
+            return Err(AuthError::TooManyRequests { retry_after_secs });
+        }
+        Attempt::Locked => {
+            tracing::info!(event = "password.check_failed", route, reason = "account_locked", user_id = %token.user_id);
+            audit(state, failed("account_locked", true), origin).await;
+            return Err(AuthError::AccountLocked);
+        }
+    }
+    let matched = state
+        .passwords()?
+        .verify(&password::normalize(password), Some(&reauth.hashed_password))
+        .await?;
+    if !matched {
+        tracing::info!(event = "password.check_failed", route, reason = "bad_password", user_id = %token.user_id);
+        audit(state, failed("bad_password", false), origin).await;
+        return Err(AuthError::WrongPassword);
+    }
+    let email = Email::parse(&reauth.email)?;
+    Ok((token, email, reauth.hashed_password))
+}
+
+/// `POST /auth/password/change`: needs the current password; the new one follows the
+/// registration rules. Every other session of the user ends, the calling one lives on, and a
+/// notice is mailed.
+pub async fn change_password(
+    state: &AppState,
+    bearer: &str,
+    current: &str,
+    new_password: &str,
+    origin: &Origin,
+) -> Result<(), AuthError> {
+    const ROUTE: &str = "password_change";
+    let (token, email, old_hash) = reauthenticate(state, ROUTE, bearer, current, origin).await?;
+    let account = store::account_key(Some(&email), email.as_str());
+    let password = match new_password_for(state, new_password, &email).await {
+        Ok(password) => password,
+        Err(error) => {
+            // The current password was right: its check must not count as a failure.
+            store::clear_backoff(&state.db, &account, &origin.network()).await?;
+            return Err(error);
+        }
+    };
+    let new_hash = state.passwords()?.hash(&password).await?;
+    let notice = notice(state, email.as_str(), Notice::PasswordChanged);
+    let now = state.now();
+    let changed = store::change_password(
+        &state.db,
+        token.user_id,
+        token.session_id,
+        &old_hash,
+        &new_hash,
+        &account,
+        now,
+        Uuid::new_v4(),
+        notice.as_ref().map(|(_, prepared)| prepared.queued(now)),
+        origin,
+    )
+    .await?;
+    if !changed {
+        // Changed by a concurrent request between the check and now.
+        tracing::info!(event = "password.check_failed", route = ROUTE, reason = "changed_meanwhile", user_id = %token.user_id);
+        return Err(AuthError::WrongPassword);
+    }
+    tracing::info!(event = "password.changed", user_id = %token.user_id, session_id = %token.session_id);
+    if let Some((mailer, prepared)) = &notice {
+        outbox::deliver(state, mailer, prepared, state.config.mail.smtp_timeout).await;
+    }
+    Ok(())
+}
+
+/// `DELETE /auth/me`: needs the password. The user, its sessions, tokens and pending mail go;
+/// audit rows keep the user id.
+pub async fn delete_account(
+    state: &AppState,
+    bearer: &str,
+    password: &str,
+    origin: &Origin,
+) -> Result<(), AuthError> {
+    const ROUTE: &str = "me_delete";
+    let (token, email, hash) = reauthenticate(state, ROUTE, bearer, password, origin).await?;
+    let account = store::account_key(Some(&email), email.as_str());
+    let deleted = store::delete_user(
+        &state.db,
+        token.user_id,
+        token.session_id,
+        &hash,
+        &account,
+        state.now(),
+        origin,
+    )
+    .await?;
+    if !deleted {
+        tracing::info!(event = "password.check_failed", route = ROUTE, reason = "changed_meanwhile", user_id = %token.user_id);
+        return Err(AuthError::WrongPassword);
+    }
+    tracing::info!(event = "user.deleted", user_id = %token.user_id);
+    Ok(())
+}
+
+/// Why a verified token's session or user refuses it, read when a statement found it refused.
+async fn refusal_reason(state: &AppState, token: &AccessToken) -> Result<&'static str, AuthError> {
+    let now = state.now();
+    let stands = store::session_user(
+        &state.db,
+        token.user_id,
+        token.session_id,
+        now,
+        now - state.config.session_idle,
+    )
+    .await?;
+    Ok(match stands {
+        SessionUser::Inactive => Unauthorized::UserInactive.reason(),
+        SessionUser::Gone => Unauthorized::UserGone.reason(),
+        SessionUser::Live(_) | SessionUser::SessionEnded => Unauthorized::SessionEnded.reason(),
+    })
+}
+
+/// `GET /auth/sessions`: the user's live sessions, newest first, the caller's marked.
+pub async fn list_sessions(
+    state: &AppState,
+    bearer: &str,
+    origin: &Origin,
+) -> Result<Vec<SessionInfo>, AuthError> {
+    const ROUTE: &str = "sessions";
+    let token = verified(state, ROUTE, bearer, origin).await?;
+    let sessions = store::live_sessions(
+        &state.db,
+        token.user_id,
+        token.session_id,
+        state.now(),
+        state.config.session_idle.as_secs_f64(),
+    )
+    .await?;
+    if sessions.is_empty() {
+        // The caller's own session is always listed while it is live.
+        let reason = refusal_reason(state, &token).await?;
+        return Err(refuse_token(state, ROUTE, &token, reason, origin).await);
+    }
+    Ok(sessions)
+}
+
+/// `DELETE /auth/sessions/{id}`: ends one of the caller's live sessions at once (its tokens
+/// included); any other id — malformed, unknown, ended, another user's — is
+/// `404 session_not_found`, and nothing tells them apart.
+pub async fn revoke_session(
+    state: &AppState,
+    bearer: &str,
+    target: &str,
+    origin: &Origin,
+) -> Result<(), AuthError> {
+    const ROUTE: &str = "sessions_delete";
+    let token = verified(state, ROUTE, bearer, origin).await?;
+    // A malformed id is nobody's session: the nil id answers as any unknown one.
+    let target = Uuid::parse_str(target).unwrap_or(Uuid::nil());
+    let now = state.now();
+    let revoked = store::revoke_session(
+        &state.db,
+        token.user_id,
+        token.session_id,
+        target,
+        now,
+        now - state.config.session_idle,
+        Uuid::new_v4(),
+        origin,
+    )
+    .await?;
+    match revoked {
+        store::Revoked::Revoked => {
+            tracing::info!(event = "session.revoked", user_id = %token.user_id, session_id = %target);
+            Ok(())
+        }
+        store::Revoked::NotFound => {
+            tracing::info!(event = "session.revoke_failed", reason = "not_found", user_id = %token.user_id);
+            Err(AuthError::SessionNotFound)
+        }
+        store::Revoked::Unauthorized => {
+            let reason = refusal_reason(state, &token).await?;
+            Err(refuse_token(state, ROUTE, &token, reason, origin).await)
+        }
+    }
+}

@@ -82,8 +82,10 @@ start_gateway "$PORT"
 # delivers what a request could not) every MAILER_INTERVAL_SECONDS. Without mail nothing is
 # queued, so no mailer runs.
 schedule() {  # schedule FUNCTION SECONDS: invoke FUNCTION every SECONDS, in its own process group
+  # cargo lambda watch takes a while to listen: the first run waits for it rather than fail.
   # shellcheck disable=SC2016 # the inner script's own positional parameters
-  setsid bash -c 'while sleep "$2"; do
+  setsid bash -c 'until (exec 3<>"/dev/tcp/127.0.0.1/$4") 2>/dev/null; do sleep 1; done
+  while sleep "$2"; do
     "$3" lambda invoke "$1" --invoke-address 127.0.0.1 --invoke-port "$4" --data-ascii "{}" >/dev/null 2>&1 ||
       echo "$1: invocation failed" >&2
   done' schedule "$1" "$2" "$VENV/bin/cargo-lambda" "$((PORT + 1))" &

@@ -404,7 +404,8 @@ fn mail_settings(
         _ => None,
     };
     let enabled = get("SMTP_URL").is_some() || get("SMTP_URL_SECRET_ARN").is_some();
-    let from = get("MAIL_FROM").map_or_else(|| DEFAULT_MAIL_FROM.to_owned(), |f| f.trim().to_owned());
+    let from =
+        get("MAIL_FROM").map_or_else(|| DEFAULT_MAIL_FROM.to_owned(), |f| f.trim().to_owned());
     crate::mail::validate_from(&from).map_err(|problem| ConfigError::new("MAIL_FROM", problem))?;
     let app_url = match get("APP_URL") {
         Some(raw) => {
@@ -413,7 +414,10 @@ fn mail_settings(
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
                 .ok_or_else(|| ConfigError::new("APP_URL", "must be an http(s):// URL"))?;
             if url.query().is_some() || url.fragment().is_some() {
-                return Err(ConfigError::new("APP_URL", "must have no query or fragment"));
+                return Err(ConfigError::new(
+                    "APP_URL",
+                    "must have no query or fragment",
+                ));
             }
             url
         }
@@ -429,13 +433,19 @@ fn mail_settings(
         enabled,
         smtp_timeout: Duration::from_millis(smtp_timeout_ms),
         from,
-        product_name: get("MAIL_PRODUCT_NAME").map_or_else(|| "Auth".to_owned(), |n| n.trim().to_owned()),
+        product_name: get("MAIL_PRODUCT_NAME")
+            .map_or_else(|| "Auth".to_owned(), |n| n.trim().to_owned()),
         app_url,
         resend_interval: Duration::from_secs(number("MAIL_RESEND_INTERVAL_SECONDS", 60, 1, 3_600)?),
         max_per_hour: number("MAIL_MAX_PER_HOUR", 5, 1, 1_000)? as u32,
         verify_ttl: Duration::from_secs(number("EMAIL_VERIFY_TTL_SECONDS", 86_400, 5, 604_800)?),
         reset_ttl: Duration::from_secs(number("PASSWORD_RESET_TTL_SECONDS", 1_800, 5, 86_400)?),
-        answer: Duration::from_millis(number("MAIL_ANSWER_MS", 500.min(smtp_timeout_ms), 50, smtp_timeout_ms)?),
+        answer: Duration::from_millis(number(
+            "MAIL_ANSWER_MS",
+            500.min(smtp_timeout_ms),
+            50,
+            smtp_timeout_ms,
+        )?),
     })
 }
 
@@ -770,6 +780,116 @@ mod tests {
         ] {
             assert_eq!(with(&[(k, v)]).expect_err(v).variable, k, "{k}={v}");
         }
+    }
+
+    #[test]
+    fn mail_is_off_without_smtp_url_and_its_settings_default_as_the_contract_says() {
+        let c = config(&[("DATABASE_URL", URL), ("JWT_SECRET", SECRET)]).expect("valid");
+        let m = &c.mail;
+        assert!(!m.enabled && m.smtp_url.is_none());
+        assert_eq!(m.smtp_timeout, Duration::from_millis(3_000));
+        assert_eq!(m.answer, Duration::from_millis(500));
+        assert_eq!(m.resend_interval, Duration::from_secs(60));
+        assert_eq!(m.max_per_hour, 5);
+        assert_eq!(m.verify_ttl, Duration::from_secs(86_400));
+        assert_eq!(m.reset_ttl, Duration::from_secs(1_800));
+        assert_eq!(m.from, DEFAULT_MAIL_FROM);
+        assert_eq!(m.product_name, "Auth");
+        // JWT_ISSUER defaults to a plain name, so the links default to make dev's address.
+        assert_eq!(m.app_url.as_str(), "http://localhost:9000/");
+        assert!(!c.require_verified_email);
+    }
+
+    #[test]
+    fn the_links_follow_the_issuer_unless_app_url_is_set() {
+        let base = [
+            ("DATABASE_URL", URL),
+            ("JWT_SECRET", SECRET),
+            ("JWT_ISSUER", "https://auth.example.com"),
+        ];
+        let c = config(&base).expect("valid");
+        assert_eq!(c.mail.app_url.as_str(), "https://auth.example.com/");
+        let mut with_app = base.to_vec();
+        with_app.push(("APP_URL", "https://app.example.com/account"));
+        let c = config(&with_app).expect("valid");
+        assert_eq!(c.mail.app_url.as_str(), "https://app.example.com/account");
+        for bad in [
+            "ftp://x.example",
+            "not a url",
+            "https://x.example/?a=1",
+            "https://x.example/#f",
+        ] {
+            let mut pairs = base.to_vec();
+            pairs.push(("APP_URL", bad));
+            assert_eq!(config(&pairs).expect_err(bad).variable, "APP_URL");
+        }
+    }
+
+    #[test]
+    fn mail_settings_are_validated_and_the_smtp_url_stays_secret() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut pairs = vec![("DATABASE_URL", URL), ("JWT_SECRET", SECRET)];
+            pairs.extend_from_slice(extra);
+            config(&pairs)
+        };
+        let url = "smtps://AKIAEXAMPLE:ses-smtp-pass%2Fword@email-smtp.eu-west-1.amazonaws.com:465";
+        let c = with(&[("SMTP_URL", url)]).expect("valid");
+        assert!(c.mail.enabled);
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("ses-smtp-pass") && !shown.contains("AKIAEXAMPLE"),
+            "{shown}"
+        );
+        let e = with(&[("SMTP_URL", "http://user:hunter3@mail.example.com")]).expect_err("scheme");
+        assert_eq!(e.variable, "SMTP_URL");
+        assert!(!e.to_string().contains("hunter3"), "{e}");
+        for (name, value) in [
+            ("SMTP_TIMEOUT_MS", "99"),
+            ("SMTP_TIMEOUT_MS", "20001"),
+            ("MAIL_RESEND_INTERVAL_SECONDS", "0"),
+            ("MAIL_MAX_PER_HOUR", "1001"),
+            ("EMAIL_VERIFY_TTL_SECONDS", "4"),
+            ("PASSWORD_RESET_TTL_SECONDS", "86401"),
+            ("REQUIRE_VERIFIED_EMAIL", "yes"),
+            ("MAIL_FROM", "not a mailbox"),
+        ] {
+            let e = with(&[(name, value)]).expect_err(name);
+            assert_eq!(e.variable, name, "{value}");
+        }
+        // The fixed answer time of forgot and resend never exceeds a delivery attempt.
+        let e = with(&[("SMTP_TIMEOUT_MS", "300"), ("MAIL_ANSWER_MS", "301")]).expect_err("answer");
+        assert_eq!(e.variable, "MAIL_ANSWER_MS");
+        let c = with(&[("SMTP_TIMEOUT_MS", "300")]).expect("valid");
+        assert_eq!(c.mail.answer, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn required_verification_without_mail_stops_init() {
+        let base = [
+            ("DATABASE_URL", URL),
+            ("JWT_SECRET", SECRET),
+            ("REQUIRE_VERIFIED_EMAIL", "true"),
+        ];
+        assert_eq!(
+            config(&base).expect_err("no mail").variable,
+            "REQUIRE_VERIFIED_EMAIL"
+        );
+        let mut with_mail = base.to_vec();
+        with_mail.push(("SMTP_URL", "smtp://127.0.0.1:1025"));
+        assert!(config(&with_mail).expect("mail on").require_verified_email);
+        // A function that sends no mail (login) knows mail is on from the secret's ARN alone,
+        // without reading the URL.
+        let login = Uses {
+            mail: false,
+            ..Uses::ALL
+        };
+        let mut by_arn = base.to_vec();
+        by_arn.push((
+            "SMTP_URL_SECRET_ARN",
+            "arn:aws:secretsmanager:eu-west-1:1:secret:smtp",
+        ));
+        let c = config_for(login, &by_arn).expect("mail on by ARN");
+        assert!(c.mail.enabled && c.mail.smtp_url.is_none() && c.require_verified_email);
     }
 
     #[test]

@@ -184,7 +184,9 @@ impl AppState {
 
     /// The mailer, or `503 mail_unavailable` when mail is off.
     pub fn mailer(&self) -> Result<&mail::Mailer, error::AuthError> {
-        self.mailer.as_ref().ok_or(error::AuthError::MailUnavailable)
+        self.mailer
+            .as_ref()
+            .ok_or(error::AuthError::MailUnavailable)
     }
 
     /// The current time, from [`AppState::clock`].
@@ -344,7 +346,10 @@ mod tests {
             assert!(state.config.data_encryption_key.is_none());
         }
         for function in [Function::Register, Function::Me, Function::Password] {
-            assert!(env(function).passwords().is_ok(), "{function:?} checks passwords");
+            assert!(
+                env(function).passwords().is_ok(),
+                "{function:?} checks passwords"
+            );
         }
         // Mail needs the data key (the outbox's seal), and only the mail functions read it.
         for function in [

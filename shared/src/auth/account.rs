@@ -54,12 +54,7 @@ fn link_reason(refusal: LinkRefusal) -> &'static str {
 }
 
 /// A link token refused: logged and audited (as a refusal, counted per minute).
-async fn refuse_link(
-    state: &AppState,
-    event: &'static str,
-    reason: &'static str,
-    origin: &Origin,
-) {
+async fn refuse_link(state: &AppState, event: &'static str, reason: &'static str, origin: &Origin) {
     tracing::info!(event, reason);
     audit(state, AuditEvent::refusal(event, reason), origin).await;
 }
@@ -156,7 +151,11 @@ pub async fn request_mail(
             }
         }
         MailRequest::Accepted => {
-            tracing::info!(event = "mail.requested", route = ask.route(), account = false);
+            tracing::info!(
+                event = "mail.requested",
+                route = ask.route(),
+                account = false
+            );
         }
     }
     tokio::time::sleep_until(answer_at).await;
@@ -175,9 +174,7 @@ pub async fn verify_email(
         return Err(AuthError::LinkInvalid);
     };
     let now = state.now();
-    match store::verify_email(&state.db, &refresh::hash(&raw), now, Uuid::new_v4(), origin)
-        .await?
-    {
+    match store::verify_email(&state.db, &refresh::hash(&raw), now, Uuid::new_v4(), origin).await? {
         Ok(user) => {
             tracing::info!(event = "email.verified", user_id = %user.id);
             Ok(user)
@@ -313,7 +310,10 @@ async fn reauthenticate(
     }
     let matched = state
         .passwords()?
-        .verify(&password::normalize(password), Some(&reauth.hashed_password))
+        .verify(
+            &password::normalize(password),
+            Some(&reauth.hashed_password),
+        )
         .await?;
     if !matched {
         tracing::info!(event = "password.check_failed", route, reason = "bad_password", user_id = %token.user_id);

@@ -8,11 +8,11 @@ use crate::{
     db::DbError,
     email::{Email, mask},
     error::AuthError,
+    mail::Notice,
     origin::Origin,
+    outbox::{self, Prepared},
     password::{self, NewPassword},
     refresh,
-    mail::Notice,
-    outbox::{self, Prepared},
     store::{
         self, Attempt, AuditEvent, InsertError, LoginLimits, NewLink, RefreshOutcome, SessionUser,
         User,

@@ -41,12 +41,16 @@ pub async fn mail(state: &AppState) -> Result<Value, crate::error::AuthError> {
 
 /// The prune function's `main`: see [`run_scheduled`].
 pub fn run_prune() -> Result<(), lambda_runtime::Error> {
-    run_scheduled(crate::Function::Prune, "prune", |state| Box::pin(prune(state)))
+    run_scheduled(crate::Function::Prune, "prune", |state| {
+        Box::pin(prune(state))
+    })
 }
 
 /// The mailer function's `main`: see [`run_scheduled`].
 pub fn run_mailer() -> Result<(), lambda_runtime::Error> {
-    run_scheduled(crate::Function::Mailer, "mailer", |state| Box::pin(mail(state)))
+    run_scheduled(crate::Function::Mailer, "mailer", |state| {
+        Box::pin(mail(state))
+    })
 }
 
 type Job = for<'a> fn(

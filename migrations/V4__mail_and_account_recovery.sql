@@ -61,7 +61,7 @@ CREATE INDEX mail_requests_at_idx ON mail_requests (at);
 -- The message id names the request: a retried call finds its own and answers as the first did.
 CREATE FUNCTION auth_mail_request(
     p_purpose text, p_recipient bytea, p_email text, p_token bytea, p_expires_at timestamptz,
-    p_message uuid, p_sealed bytea, p_lease_until timestamptz,
+    p_message uuid, p_kind text, p_sealed bytea, p_lease_until timestamptz,
     p_interval interval, p_max_per_hour integer, p_now timestamptz,
     p_source_ip text, p_user_agent text
 ) RETURNS TABLE (outcome text, retry_after_secs integer, user_id uuid)
@@ -105,7 +105,7 @@ BEGIN
     INSERT INTO link_tokens (hash, user_id, purpose, created_at, expires_at)
     VALUES (p_token, uid, p_purpose, p_now, p_expires_at);
     INSERT INTO outbox (id, user_id, kind, sealed, attempts, next_attempt_at, created_at)
-    VALUES (p_message, uid, p_purpose, p_sealed, 1, p_lease_until, p_now);
+    VALUES (p_message, uid, p_kind, p_sealed, 1, p_lease_until, p_now);
     INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent)
     VALUES (p_now, CASE p_purpose WHEN 'verify_email' THEN 'email.verification_sent'
                                   ELSE 'password.reset_requested' END,

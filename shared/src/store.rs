@@ -120,7 +120,7 @@ pub async fn insert_user(
                   l AS (INSERT INTO link_tokens (hash, user_id, purpose, created_at, expires_at) \
                         SELECT $8, id, 'verify_email', $4, $9 FROM u WHERE $8::bytea IS NOT NULL), \
                   o AS (INSERT INTO outbox (id, user_id, kind, sealed, attempts, next_attempt_at, created_at) \
-                        SELECT $10, id, 'verify_email', $11, 1, $12, $4 FROM u WHERE $11::bytea IS NOT NULL), \
+                        SELECT $10, id, $13, $11, 1, $12, $4 FROM u WHERE $11::bytea IS NOT NULL), \
                   v AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent) \
                         SELECT $4, 'email.verification_sent', id, $5, $6 FROM u WHERE $11::bytea IS NOT NULL) \
              SELECT id, email, is_active, created_at, email_verified FROM u",
@@ -137,6 +137,7 @@ pub async fn insert_user(
                 (&queued.map(|q| q.id), Type::UUID),
                 (&queued.map(|q| q.sealed), Type::BYTEA),
                 (&queued.map(|q| q.lease_until), Type::TIMESTAMPTZ),
+                (&queued.map(|q| q.kind), Type::TEXT),
             ],
         )
         .await;

@@ -83,8 +83,8 @@ pub async fn mail_request(
 ) -> Result<MailRequest, DbError> {
     let row = db
         .query_opt(
-            "SELECT outcome, retry_after_secs, user_id FROM auth_mail_request($1, $2, $3, $4, $5, $6, $7, $8, \
-             make_interval(secs => $9), $10, $11, $12, $13)",
+            "SELECT outcome, retry_after_secs, user_id FROM auth_mail_request($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             make_interval(secs => $10), $11, $12, $13, $14)",
             &[
                 (&purpose.as_str(), Type::TEXT),
                 (&recipient, Type::BYTEA),
@@ -92,6 +92,7 @@ pub async fn mail_request(
                 (&link.hash, Type::BYTEA),
                 (&link.expires_at, Type::TIMESTAMPTZ),
                 (&message.id, Type::UUID),
+                (&message.kind, Type::TEXT),
                 (&message.sealed, Type::BYTEA),
                 (&message.lease_until, Type::TIMESTAMPTZ),
                 (&limits.interval_secs, Type::FLOAT8),

@@ -68,7 +68,10 @@ fn jwt(c: &mut Criterion) {
         let user_id = uuid::Uuid::new_v4();
         let session_id = uuid::Uuid::new_v4();
         let now = chrono::Utc::now().timestamp();
-        let token = keys.issue(user_id, session_id, false, now).expect("issue").token;
+        let token = keys
+            .issue(user_id, session_id, false, now)
+            .expect("issue")
+            .token;
         assert_eq!(keys.verify(&token).map(|t| t.user_id), Ok(user_id));
         group.bench_function(format!("{name}_issue"), |b| {
             b.iter(|| keys.issue(black_box(user_id), session_id, false, now))

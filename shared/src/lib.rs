@@ -19,7 +19,6 @@ pub mod http;
 pub mod keys;
 pub mod mail;
 pub mod origin;
-pub mod outbox;
 pub mod password;
 pub mod refresh;
 #[cfg(feature = "migrations")]

@@ -10,6 +10,8 @@
 //! under `tokio::time::timeout`: a server that accepts and then stays silent cannot hold a
 //! caller past its deadline.
 
+pub mod outbox;
+
 use crate::{
     config::{Config, ConfigError},
     email,

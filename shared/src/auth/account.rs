@@ -7,9 +7,11 @@ use crate::{
     AppState,
     email::Email,
     error::AuthError,
-    mail::{Mailer, Notice},
+    mail::{
+        Mailer, Notice,
+        outbox::{self, Prepared},
+    },
     origin::Origin,
-    outbox::{self, Prepared},
     password::{self, NewPassword},
     refresh,
     store::{

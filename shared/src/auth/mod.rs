@@ -8,9 +8,11 @@ use crate::{
     db::DbError,
     email::{Email, mask},
     error::AuthError,
-    mail::Notice,
+    mail::{
+        Notice,
+        outbox::{self, Prepared},
+    },
     origin::Origin,
-    outbox::{self, Prepared},
     password::{self, NewPassword},
     refresh,
     store::{

@@ -35,7 +35,7 @@ pub async fn prune(state: &AppState) -> Result<Value, crate::error::AuthError> {
 
 /// Delivers the due messages once; the counts are logged and returned.
 pub async fn mail(state: &AppState) -> Result<Value, crate::error::AuthError> {
-    let done = crate::outbox::run(state).await?;
+    let done = crate::mail::outbox::run(state).await?;
     Ok(json!(done))
 }
 

@@ -122,7 +122,7 @@ pub async fn request_mail(
         &recipient,
         email.as_ref(),
         link,
-        prepared.queued(now),
+        prepared.queued(state, now),
         limits,
         now,
         origin,
@@ -225,7 +225,9 @@ pub async fn reset_password(
         &account,
         now,
         Uuid::new_v4(),
-        notice.as_ref().map(|(_, prepared)| prepared.queued(now)),
+        notice
+            .as_ref()
+            .map(|(_, prepared)| prepared.queued(state, now)),
         origin,
     )
     .await?;
@@ -359,7 +361,9 @@ pub async fn change_password(
         &account,
         now,
         Uuid::new_v4(),
-        notice.as_ref().map(|(_, prepared)| prepared.queued(now)),
+        notice
+            .as_ref()
+            .map(|(_, prepared)| prepared.queued(state, now)),
         origin,
     )
     .await?;

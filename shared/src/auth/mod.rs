@@ -165,7 +165,7 @@ pub async fn register(
                 hash,
                 expires_at: now + state.config.mail.verify_ttl,
             },
-            prepared.queued(now),
+            prepared.queued(state, now),
         )
     });
     match store::insert_user(&state.db, &email, &hash, origin, now, stored).await {

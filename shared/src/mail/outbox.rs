@@ -11,15 +11,19 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The lease of a message a request is delivering, and the first retry's delay: longer than
-/// the longest delivery attempt (`SMTP_TIMEOUT_MS` is at most 20 s), so a mailer never takes a
-/// message someone is still sending.
-pub const LEASE_SECS: i64 = 30;
 /// The longest wait between two attempts.
 pub const MAX_BACKOFF_SECS: f64 = 3600.0;
-/// Attempts after which a message is marked failed (`mail.failed`): about four hours of
-/// retries at the backoff above.
-pub const MAX_ATTEMPTS: u32 = 10;
+/// Attempts after which a message is marked failed (`mail.failed`): with the default
+/// `SMTP_TIMEOUT_MS`, about eight hours of retries (12 s doubling up to an hour).
+pub const MAX_ATTEMPTS: u32 = 16;
+
+/// The lease of a message someone is delivering, and the first retry's delay: twice the
+/// longest delivery attempt (`SMTP_TIMEOUT_MS`), so a mailer never takes a message that is
+/// still being sent, while a message whose first attempt met a mail server that was down for a
+/// moment is retried within seconds. Each later retry waits twice as long.
+pub fn lease(config: &crate::config::Config) -> chrono::Duration {
+    chrono::Duration::from_std(config.mail.smtp_timeout * 2).unwrap_or(chrono::Duration::seconds(6))
+}
 /// How long one mailer run keeps claiming messages, within the function's timeout.
 pub const RUN_BUDGET: Duration = Duration::from_secs(40);
 
@@ -50,13 +54,13 @@ impl Prepared {
         }
     }
 
-    /// The row its action's statement writes.
-    pub fn queued(&self, now: DateTime<Utc>) -> Queued<'_> {
+    /// The row its action's statement writes: leased to the request, which delivers it next.
+    pub fn queued(&self, state: &AppState, now: DateTime<Utc>) -> Queued<'_> {
         Queued {
             id: self.id,
             kind: self.envelope.notice.kind(),
             sealed: &self.sealed,
-            lease_until: now + chrono::Duration::seconds(LEASE_SECS),
+            lease_until: now + lease(&state.config),
         }
     }
 }
@@ -108,9 +112,8 @@ pub async fn run(state: &AppState) -> Result<Delivered, crate::error::AuthError>
     let started = tokio::time::Instant::now();
     while started.elapsed() < RUN_BUDGET {
         let now = state.now();
-        let Some(claimed) =
-            store::mail_claim(&state.db, now, LEASE_SECS as f64, MAX_BACKOFF_SECS).await?
-        else {
+        let base = lease(&state.config).as_seconds_f64();
+        let Some(claimed) = store::mail_claim(&state.db, now, base, MAX_BACKOFF_SECS).await? else {
             break;
         };
         let last = claimed.attempts >= MAX_ATTEMPTS;

@@ -192,3 +192,92 @@ impl Captured {
         String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
     }
 }
+
+/// An SMTP URL on which nothing listens (port 1 on loopback): every delivery attempt fails at
+/// once, so queued messages keep their sealed bodies for a test to open.
+pub const CLOSED_SMTP: &str = "smtp://127.0.0.1:1";
+
+/// The envelopes the outbox still holds sealed for `to`, oldest first, opened with the
+/// state's own mailer (the row id is the seal's associated data).
+pub async fn sealed_mail(
+    client: &tokio_postgres::Client,
+    mailer: &shared::mail::Mailer,
+    to: &str,
+) -> Vec<shared::mail::Envelope> {
+    let rows = client
+        .query(
+            "SELECT id, sealed FROM outbox WHERE sealed IS NOT NULL ORDER BY created_at, id",
+            &[],
+        )
+        .await
+        .expect("outbox rows");
+    rows.iter()
+        .map(|r| {
+            mailer
+                .open(r.get(0), &r.get::<_, Vec<u8>>(1))
+                .expect("a sealed body opens with the state's key")
+        })
+        .filter(|envelope| envelope.to == to)
+        .collect()
+}
+
+/// The link token of the newest sealed message to `to` that carries one of this kind
+/// (`verify_email` or `password_reset`).
+pub async fn newest_link(
+    client: &tokio_postgres::Client,
+    mailer: &shared::mail::Mailer,
+    to: &str,
+    kind: &str,
+) -> String {
+    sealed_mail(client, mailer, to)
+        .await
+        .into_iter()
+        .rev()
+        .find_map(|envelope| match envelope.notice {
+            shared::mail::Notice::VerifyEmail { token } if kind == "verify_email" => Some(token),
+            shared::mail::Notice::PasswordReset { token } if kind == "password_reset" => {
+                Some(token)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no sealed {kind} message to {to}"))
+}
+
+/// A setting the mail tests need; they fail without it, never skip: a mail test that passes
+/// without a mail server proves nothing.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the mail tests need a real MailDev (run `make test`, or \
+             `scripts/maildev.sh start NAME SMTP_PORT WEB_PORT` and set TEST_SMTP_URL to its \
+             smtp://127.0.0.1:SMTP_PORT and TEST_MAILDEV_URL to its http://127.0.0.1:WEB_PORT)"
+        )
+    })
+}
+
+/// A GET of MailDev's REST API (`TEST_MAILDEV_URL`, plain HTTP/1.0 on loopback): the body.
+pub async fn maildev_get(path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = required_env("TEST_MAILDEV_URL");
+    let url = url::Url::parse(&base).expect("TEST_MAILDEV_URL is a URL");
+    let host = url
+        .host_str()
+        .expect("TEST_MAILDEV_URL names a host")
+        .to_owned();
+    let port = url.port_or_known_default().expect("a port");
+    let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .unwrap_or_else(|e| panic!("MailDev's web port at {base} does not answer: {e}"));
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let response = String::from_utf8(response).expect("UTF-8");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "GET {path}: {head}"
+    );
+    body.to_owned()
+}

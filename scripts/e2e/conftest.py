@@ -17,6 +17,10 @@ Environment:
   E2E_USERS_TABLE    table holding the accounts (default users)
   E2E_BIND_SOURCE    1/0: give every client its own loopback source address (default: on when
                      API_URL's host is a loopback address)
+  MAILDEV_URL, MAILDEV_CTL
+                     the MailDev the functions deliver to, and how to stop and start it (see
+                     mail.py); MAIL_RESEND_INTERVAL_SECONDS, MAIL_ANSWER_MS, APP_URL, … must
+                     match the server's settings (support.py)
 
 Per-address limits: the server allows IP_RATE_LIMIT_PER_MINUTE requests per source address
 (`requestContext.http.sourceIp`, which the local gateway sets to the TCP peer address). The suite
@@ -210,7 +214,16 @@ _PROBES = [
     ("POST", "/auth/refresh", b"{}", {"Content-Type": "application/json"}),
     ("POST", "/auth/logout", None, {}),
     ("GET", "/.well-known/jwks.json", None, {}),
+    ("POST", "/auth/email/verify", b"{}", {"Content-Type": "application/json"}),
+    ("POST", "/auth/password/reset", b"{}", {"Content-Type": "application/json"}),
+    ("GET", "/auth/sessions", None, {}),
 ]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "stops_maildev: stops and restarts the MailDev every mail test reads (the "
+        "suite runs serially, no pytest-xdist; such a test must never run beside another)")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -254,6 +267,13 @@ def new_client(api_ready):
     """Factory of further clients, each with its own source address (for session fixtures
     and for tests that act as several users)."""
     return Client
+
+
+@pytest.fixture
+def maildev(api_ready):
+    """The MailDev the functions deliver to (MAILDEV_URL; the test fails when it is unset)."""
+    import mail  # noqa: PLC0415 - only the mail tests need it
+    return mail.require_maildev()
 
 
 def pytest_terminal_summary(terminalreporter):

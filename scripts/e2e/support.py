@@ -49,6 +49,27 @@ SESSIONS_TABLE = os.environ.get("E2E_SESSIONS_TABLE", "sessions")
 TIMEOUT = float(os.environ.get("E2E_TIMEOUT", "30"))
 MAX_BODY = 16 * 1024
 ACCESS_TOKEN_TYP = "at+jwt"
+LOCK_AFTER = int(os.environ.get("LOGIN_LOCK_AFTER", "100"))
+# Mail and Account (API.md): must match the server's settings too.
+MAIL_RESEND_INTERVAL = int(os.environ.get("MAIL_RESEND_INTERVAL_SECONDS", "60"))
+MAIL_MAX_PER_HOUR = int(os.environ.get("MAIL_MAX_PER_HOUR", "5"))
+SMTP_TIMEOUT_MS = int(os.environ.get("SMTP_TIMEOUT_MS", "3000"))
+MAIL_ANSWER_MS = int(os.environ.get("MAIL_ANSWER_MS", str(min(500, SMTP_TIMEOUT_MS))))
+MAIL_PRODUCT_NAME = os.environ.get("MAIL_PRODUCT_NAME", "Auth").strip()
+MAIL_FROM = os.environ.get("MAIL_FROM", "no-reply@localhost").strip()
+
+
+def _app_url() -> str:
+    """The base of the mail links: APP_URL, else JWT_ISSUER when it is an http(s) URL, else
+    http://localhost:9000 (as the server decides)."""
+    for value in (os.environ.get("APP_URL", ""), JWT_ISSUER):
+        value = value.strip()
+        if re.match(r"https?://[^/?#]+", value):
+            return value.rstrip("/")
+    return "http://localhost:9000"
+
+
+APP_URL = _app_url()
 
 REGISTER = "/auth/register"
 LOGIN = "/auth/login"
@@ -56,6 +77,13 @@ REFRESH = "/auth/refresh"
 LOGOUT = "/auth/logout"
 JWKS = "/.well-known/jwks.json"
 DISCOVERY = "/.well-known/openid-configuration"
+ME = "/auth/me"
+VERIFY = "/auth/email/verify"
+RESEND = "/auth/email/verify/resend"
+FORGOT = "/auth/password/forgot"
+RESET = "/auth/password/reset"
+CHANGE = "/auth/password/change"
+SESSIONS = "/auth/sessions"
 
 # Text that would betray internals (library error text, stack traces, config) in an error body.
 LEAK_PATTERNS = re.compile(
@@ -198,9 +226,10 @@ def assert_too_many(resp) -> int:
     return assert_retry_after(resp)
 
 
-def assert_user_body(body, email: str) -> None:
+def assert_user_body(body, email: str, verified: bool = False) -> None:
     assert isinstance(body, dict), body
-    assert set(body) == {"id", "email", "is_active", "created_at"}, body
+    assert set(body) == {"id", "email", "is_active", "created_at", "email_verified"}, body
+    assert body["email_verified"] is verified, body
     assert isinstance(body["id"], str), body
     assert str(uuid.UUID(body["id"])) == body["id"], f"id is not a canonical uuid: {body!r}"
     assert body["email"] == email, body
@@ -502,3 +531,90 @@ def at_once(n: int, call, *, wait: float = 60, join: float = 180) -> list:
     errors = [r for r in results if isinstance(r, Exception)]
     assert not errors, f"requests failed: {errors!r}"
     return results
+
+
+# --- the Account routes (API.md "Mail", "Account") --------------------------------------------
+
+
+def send_json(client, method: str, path: str, payload=None, *, token: str | None = None,
+              raw: bytes | None = None, content_type: str | None = "application/json",
+              headers: dict[str, str] | None = None, **kw):
+    """`method path` with `payload` as JSON (or `raw` bytes), and a bearer token when given."""
+    if raw is None and payload is not None:
+        raw = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    hdrs = dict(headers or {})
+    if content_type is not None and raw is not None:
+        hdrs["Content-Type"] = content_type
+    if token is not None:
+        hdrs["Authorization"] = f"Bearer {token}"
+    return client.request(method, path, body=raw, headers=hdrs, **kw)
+
+
+def assert_no_content(resp) -> None:
+    """204 with no body and no Content-Type."""
+    assert resp.status == 204, resp
+    assert resp.body == b"", resp
+    assert resp.header("content-type") is None, f"204 with a Content-Type: {resp!r}"
+
+
+def assert_accepted(resp) -> None:
+    """The 202 {} of forgot and resend."""
+    assert assert_json_response(resp, 202) == {}, resp
+
+
+def comparable_headers(resp) -> list[tuple[str, str]]:
+    """The response's headers as a client sees them, less Date (the clock's, not the server's)."""
+    return sorted((k.lower(), v) for k, v in resp.raw_headers if k.lower() != "date")
+
+
+def account_state(user_id: str) -> str:
+    """What the database holds about one account — its user row, sessions, refresh tokens, link
+    tokens and queued mail — as JSON text: equal before and after means a request changed none
+    of it."""
+    return run_sql(
+        f"SELECT json_build_object("
+        f"'user', (SELECT row_to_json(u) FROM {USERS_TABLE} u WHERE u.id = :'id'), "
+        f"'sessions', (SELECT json_agg(s ORDER BY s.id) FROM {SESSIONS_TABLE} s "
+        f"             WHERE s.user_id = :'id'), "
+        f"'refresh_tokens', (SELECT json_agg(encode(r.hash, 'hex') || coalesce(r.rotated_at::text, '') "
+        f"                   ORDER BY r.hash) FROM refresh_tokens r "
+        f"                   JOIN {SESSIONS_TABLE} s ON s.id = r.session_id WHERE s.user_id = :'id'), "
+        # link tokens and queued mail (migrations/V4): a delivery may finish meanwhile, so of
+        # the outbox only how many messages there are
+        f"'link_tokens', (SELECT json_agg(t ORDER BY t.hash) FROM link_tokens t WHERE t.user_id = :'id'), "
+        f"'outbox', (SELECT count(*) FROM outbox o WHERE o.user_id = :'id')"
+        f")::text;",
+        id=str(uuid.UUID(user_id)))
+
+
+def verify_email(client, token, **kw):
+    return client.post_json(VERIFY, {"token": token}, **kw)
+
+
+def resend_verification(client, email, **kw):
+    return client.post_json(RESEND, {"email": email}, **kw)
+
+
+def forgot_password(client, email, **kw):
+    return client.post_json(FORGOT, {"email": email}, **kw)
+
+
+def reset_password(client, token, password, **kw):
+    return client.post_json(RESET, {"token": token, "password": password}, **kw)
+
+
+def change_password(client, access_token, current, new, **kw):
+    return send_json(client, "POST", CHANGE, {"current_password": current, "new_password": new},
+                     token=access_token, **kw)
+
+
+def delete_account(client, access_token, password, **kw):
+    return send_json(client, "DELETE", ME, {"password": password}, token=access_token, **kw)
+
+
+def list_sessions(client, access_token, **kw):
+    return send_json(client, "GET", SESSIONS, token=access_token, **kw)
+
+
+def end_session(client, access_token, session_id: str, **kw):
+    return send_json(client, "DELETE", f"{SESSIONS}/{session_id}", token=access_token, **kw)

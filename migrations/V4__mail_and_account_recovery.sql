@@ -131,15 +131,19 @@ LANGUAGE sql STABLE AS $$
     LEFT JOIN users u ON u.id = t.user_id;
 $$;
 
--- Uses a link token: locks it, checks it again (two uses race: one wins), and marks it used by
--- `p_request`. A retry of the call that used it finds its own mark and answers `valid` again.
--- The caller's statement does the rest in the same transaction.
+-- Uses a link token: locks its user's row, then the token, checks it again (two uses race: one
+-- wins), and marks it used by `p_request`. A retry of the call that used it finds its own mark
+-- and answers `valid` again. The caller's statement does the rest in the same transaction.
+-- Every statement that locks a user's row and that user's tokens or sessions locks the user
+-- first, so they take turns and never deadlock.
 CREATE FUNCTION auth_use_link(p_token bytea, p_purpose text, p_now timestamptz, p_request uuid)
 RETURNS TABLE (state text, user_id uuid, retried boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     t link_tokens%ROWTYPE;
 BEGIN
+    PERFORM 1 FROM users u WHERE u.id = (SELECT l.user_id FROM link_tokens l WHERE l.hash = p_token)
+    FOR NO KEY UPDATE;
     SELECT * INTO t FROM link_tokens l WHERE l.hash = p_token FOR UPDATE;
     IF NOT FOUND OR t.purpose <> p_purpose THEN
         RETURN QUERY SELECT 'invalid', NULL::uuid, false;
@@ -201,7 +205,6 @@ BEGIN
         RETURN QUERY SELECT l.state, l.user_id;
         RETURN;
     END IF;
-    PERFORM 1 FROM users u WHERE u.id = l.user_id FOR NO KEY UPDATE;
     UPDATE users u SET hashed_password = p_hash,
                        email_verified_at = coalesce(u.email_verified_at, p_now),
                        updated_at = p_now

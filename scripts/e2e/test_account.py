@@ -136,6 +136,12 @@ def block_logins_for_an_hour(user: User) -> None:
     assert out, f"no backoff row for {user.email}"
 
 
+def end_the_wait(user: User) -> None:
+    out = run_sql(f"UPDATE login_throttle SET blocked_until = now() - interval '1 second' "
+                  f"WHERE account = {throttle_key_sql()} RETURNING failures;", email=user.email)
+    assert out, f"no backoff row for {user.email}"
+
+
 def lock_account(user: User, client) -> None:
     """LOCK_AFTER - 1 failures from many networks put in place, then one real failure: locked."""
     out = run_sql(
@@ -255,6 +261,26 @@ def test_tokens_are_refused_for_the_other_purpose(api, maildev):
     assert_no_content(reset_password(api, reset_token, strong_password()))
 
 
+def expire_links(user: User) -> None:
+    """As if the account's link tokens' lifetimes had passed (white-box: link_tokens of
+    migrations/V4; the TTLs are a day and half an hour)."""
+    out = run_sql("UPDATE link_tokens SET created_at = created_at - interval '2 days', "
+                  "expires_at = now() - interval '1 second' WHERE user_id = :'id' RETURNING purpose;",
+                  id=user.id)
+    assert out, f"no link token of {user.email}"
+
+
+def test_an_expired_link_is_link_expired(api, maildev):
+    user, verify_token = registered(api, maildev)
+    _, reset_token = request_reset(api, maildev, user)
+    expire_links(user)
+    state = account_state(user.id)
+    assert_problem(verify_email(api, verify_token), 400, "link_expired")
+    assert_problem(reset_password(api, reset_token, strong_password()), 400, "link_expired")
+    assert account_state(user.id) == state, "an expired token changed the account"
+    login_ok(api, user.email, user.password)
+
+
 def _hostile_tokens(user: User, real: str) -> dict[str, str]:
     flipped = real[:-1] + ("A" if real[-1] != "A" else "B")
     return {
@@ -324,7 +350,6 @@ def test_reset_sets_the_password_ends_every_session_and_clears_the_backoff(api, 
     # failed logins up to the backoff, then an hour of waiting on top
     for _ in range(BACKOFF_AFTER):
         assert_problem(api.login(user.email, strong_password()), 401, "invalid_credentials")
-    assert_too_many(api.login(user.email, user.password))
     block_logins_for_an_hour(user)
     assert assert_too_many(api.login(user.email, user.password)) > 60
 
@@ -400,11 +425,14 @@ def test_change_password_with_the_wrong_current_is_403_and_counted_by_the_backof
         wrong = strong_password()
         assert_problem(change_password(api, access, wrong, new_password), 403, "wrong_password",
                        not_echoed=(wrong, new_password))
-    # the 5th failure started a wait: the right password is not even checked now, and the
-    # wait is the login's too (same account, same network)
+    # the 5th failure started a (1 s) wait: the right password is not even checked now
     assert_too_many(change_password(api, access, user.password, new_password))
-    retry_after = assert_too_many(api.login(user.email, user.password))
-    nap(float(retry_after))
+    # the wait is the login's too (same account, same network): an hour of it, to see that
+    block_logins_for_an_hour(user)
+    assert assert_too_many(api.login(user.email, user.password)) > 60
+    assert assert_too_many(change_password(api, access, user.password, new_password)) > 60
+    # once it is over, the right current password changes it
+    end_the_wait(user)
     assert_no_content(change_password(api, access, user.password, new_password))
     login_ok(new_client(), user.email, new_password)
 
@@ -433,7 +461,8 @@ def test_delete_account_with_the_wrong_password_is_403_and_counted_by_the_backof
     for _ in range(BACKOFF_AFTER):
         assert_problem(delete_account(api, access, strong_password()), 403, "wrong_password")
     assert_too_many(delete_account(api, access, user.password))
-    nap(float(assert_too_many(api.login(user.email, user.password))))
+    block_logins_for_an_hour(user)
+    assert assert_too_many(api.login(user.email, user.password)) > 60
     assert_json_response(api.me(access), 200)               # still there
 
 
@@ -451,7 +480,11 @@ def test_delete_account_ends_everything_and_frees_the_email(api, new_client, mai
     assert_session_ended(api, caller)
     assert_session_ended(other, second)
     assert_problem(api.login(user.email, user.password), 401, "invalid_credentials")
-    assert run_sql("SELECT count(*) FROM users WHERE id = :'id';", id=user.id) == "0"
+    # the user row goes, and with it its sessions, link tokens and mail
+    for table in ("users", "sessions", "link_tokens", "outbox"):
+        column = "id" if table == "users" else "user_id"
+        left = run_sql(f"SELECT count(*) FROM {table} WHERE {column} = :'id';", id=user.id)
+        assert left == "0", f"{left} row(s) of the deleted user left in {table}"
     # audit rows keep the user id
     assert audit_events(user.id, "user.deleted", since) == 1
     assert audit_events(user.id, "user.registered", since - 600) == 1

@@ -618,3 +618,417 @@ async fn a_burst_through_a_transaction_mode_pooler_has_no_protocol_errors() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+// --- The account writes (issue 8), each retried after its answer was lost ---------------------
+
+/// `behind_the_proxy` with mail on, every delivery failing at once (so each message stays
+/// sealed in the outbox for the test to open), and forgot answering after 50 ms; also the
+/// account's user id.
+async fn behind_the_proxy_with_mail(
+    c: &Cluster,
+) -> (AppState, Proxy, tokio_postgres::Client, String, uuid::Uuid) {
+    let (db, direct) = c.database().await;
+    let proxy = Proxy::start(c.port).await;
+    let s = state(
+        &c.url("127.0.0.1", proxy.port, &db, "sslmode=disable"),
+        &[
+            ("SMTP_URL", common::CLOSED_SMTP),
+            ("SMTP_TIMEOUT_MS", "1000"),
+            ("MAIL_ANSWER_MS", "50"),
+        ],
+    );
+    let email = unique_email();
+    let user = common::register(&s, creds(&email))
+        .await
+        .expect("a first registration opens the connection");
+    (s, proxy, direct, email, user.id)
+}
+
+/// The statement after the cut lost its answer and was sent again on a new connection.
+fn assert_retried(proxy: &Proxy) {
+    assert!(
+        proxy.opened.load(Ordering::SeqCst) > proxy.cut_below.load(Ordering::SeqCst),
+        "no new connection: the lost answer was never retried"
+    );
+}
+
+fn session_of(tokens: &shared::auth::Tokens) -> uuid::Uuid {
+    let claims =
+        jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&tokens.access.token)
+            .expect("a JWT")
+            .claims;
+    uuid::Uuid::parse_str(claims["sid"].as_str().expect("sid")).expect("a uuid")
+}
+
+/// The argon2id hash of a new password for `email`, as a change or reset stores it.
+async fn new_hash(s: &AppState, email: &str) -> String {
+    let email = shared::email::Email::parse(email).expect("email");
+    let password = shared::password::NewPassword::parse(
+        "tangerine submarine orchestra 71",
+        &email,
+        s.config.password_min_length,
+    )
+    .expect("a strong password");
+    s.passwords()
+        .expect("argon2")
+        .hash(&password)
+        .await
+        .expect("hash")
+}
+
+async fn hash_of(direct: &tokio_postgres::Client, user_id: uuid::Uuid) -> String {
+    direct
+        .query_one(
+            "SELECT hashed_password FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await
+        .expect("the user's row")
+        .get(0)
+}
+
+fn account_of(email: &str) -> Vec<u8> {
+    let email = shared::email::Email::parse(email).expect("email");
+    shared::store::account_key(Some(&email), email.as_str())
+}
+
+#[tokio::test]
+async fn a_verification_whose_answer_was_lost_answers_as_the_first_try() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email, user_id) = behind_the_proxy_with_mail(&Cluster::get()).await;
+    let mailer = s.mailer.as_ref().expect("mail on");
+    let token = common::newest_link(&direct, mailer, &email, "verify_email").await;
+    proxy.cut_open_connections();
+    let user = shared::auth::verify_email(&s, &token, &shared::origin::Origin::default())
+        .await
+        .expect("the retry finds the link used by its own first try");
+    assert_retried(&proxy);
+    assert_eq!(user.id, user_id);
+    assert!(user.email_verified);
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM auth_events WHERE event = 'email.verified'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        shared::auth::verify_email(&s, &token, &shared::origin::Origin::default())
+            .await
+            .err(),
+        Some(AuthError::LinkInvalid),
+        "another request still finds it used"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_whose_answer_was_lost_answers_as_the_first_try() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email, user_id) = behind_the_proxy_with_mail(&Cluster::get()).await;
+    let nobody = shared::origin::Origin::default();
+    shared::auth::request_mail(
+        &s,
+        shared::auth::MailAsk::PasswordReset,
+        &email,
+        &nobody,
+        tokio::time::Instant::now(),
+    )
+    .await
+    .expect("forgot");
+    for _ in 0..2 {
+        common::login(&s, creds(&email)).await.expect("login");
+    }
+    let mailer = s.mailer.as_ref().expect("mail on");
+    let token = common::newest_link(&direct, mailer, &email, "password_reset").await;
+    let link = shared::refresh::hash(&shared::refresh::decode(&token).expect("base64url"));
+    let new_hash = new_hash(&s, &email).await;
+    let notice =
+        shared::mail::outbox::Prepared::new(mailer, &email, shared::mail::Notice::PasswordChanged);
+    let now = s.now();
+    let changed = count(
+        &direct,
+        "SELECT count(*) FROM outbox WHERE kind = 'password_changed'",
+    )
+    .await;
+    proxy.cut_open_connections();
+    // The statement of `auth::reset_password`, called directly so that its answer is the one lost.
+    let reset = shared::store::reset_password(
+        &s.db,
+        &link,
+        &new_hash,
+        &account_of(&email),
+        now,
+        uuid::Uuid::new_v4(),
+        Some(notice.queued(&s, now)),
+        &nobody,
+    )
+    .await
+    .expect("no error");
+    assert_retried(&proxy);
+    assert_eq!(reset, Ok(user_id));
+    assert_eq!(hash_of(&direct, user_id).await, new_hash);
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM sessions WHERE ended_reason = 'password_reset'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM outbox WHERE kind = 'password_changed'"
+        )
+        .await,
+        changed + 1,
+        "one notice"
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM auth_events WHERE event = 'password.reset'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_password_change_whose_answer_was_lost_answers_as_the_first_try() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email, user_id) = behind_the_proxy_with_mail(&Cluster::get()).await;
+    let nobody = shared::origin::Origin::default();
+    let caller = common::login(&s, creds(&email)).await.expect("login");
+    let other = common::login(&s, creds(&email)).await.expect("login");
+    let old_hash = hash_of(&direct, user_id).await;
+    let new_hash = new_hash(&s, &email).await;
+    let mailer = s.mailer.as_ref().expect("mail on");
+    let notice =
+        shared::mail::outbox::Prepared::new(mailer, &email, shared::mail::Notice::PasswordChanged);
+    let now = s.now();
+    proxy.cut_open_connections();
+    // The statement of `auth::change_password`, called directly so that its answer is the one lost.
+    let changed = shared::store::change_password(
+        &s.db,
+        user_id,
+        session_of(&caller),
+        &old_hash,
+        &new_hash,
+        &account_of(&email),
+        now,
+        uuid::Uuid::new_v4(),
+        Some(notice.queued(&s, now)),
+        &nobody,
+    )
+    .await
+    .expect("no error");
+    assert_retried(&proxy);
+    assert!(changed, "the retry recognizes its own change");
+    assert_eq!(hash_of(&direct, user_id).await, new_hash);
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM sessions WHERE ended_reason = 'password_changed'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM outbox WHERE kind = 'password_changed'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM auth_events WHERE event = 'password.changed'"
+        )
+        .await,
+        1
+    );
+    common::current_user(&s, &caller.access.token)
+        .await
+        .expect("the calling session lives on");
+    assert_eq!(
+        common::current_user(&s, &other.access.token).await.err(),
+        Some(AuthError::InvalidToken)
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_check_whose_answer_was_lost_is_counted_once() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email, _) = behind_the_proxy_with_mail(&Cluster::get()).await;
+    let tokens = common::login(&s, creds(&email)).await.expect("login");
+    proxy.cut_open_connections();
+    assert_eq!(
+        shared::auth::change_password(
+            &s,
+            &tokens.access.token,
+            "not the password at all 1",
+            "tangerine submarine orchestra 71",
+            &shared::origin::Origin::default(),
+        )
+        .await
+        .err(),
+        Some(AuthError::WrongPassword)
+    );
+    assert_retried(&proxy);
+    assert_eq!(
+        count(&direct, "SELECT sum(failures) FROM login_throttle").await,
+        2,
+        "one failure on the account-wide row and one on the network's"
+    );
+}
+
+#[tokio::test]
+async fn a_deletion_whose_answer_was_lost_answers_as_the_first_try() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email, user_id) = behind_the_proxy_with_mail(&Cluster::get()).await;
+    let tokens = common::login(&s, creds(&email)).await.expect("login");
+    let hash = hash_of(&direct, user_id).await;
+    proxy.cut_open_connections();
+    // The statement of `auth::delete_account`, called directly so that its answer is the one lost.
+    let deleted = shared::store::delete_user(
+        &s.db,
+        user_id,
+        session_of(&tokens),
+        &hash,
+        &account_of(&email),
+        s.now(),
+        &shared::origin::Origin::default(),
+    )
+    .await
+    .expect("no error");
+    assert_retried(&proxy);
+    assert!(
+        deleted,
+        "the retry finds the user gone by its own first try"
+    );
+    assert_eq!(count(&direct, "SELECT count(*) FROM users").await, 0);
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM auth_events WHERE event = 'user.deleted'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_session_revocation_whose_answer_was_lost_answers_as_the_first_try() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email, _) = behind_the_proxy_with_mail(&Cluster::get()).await;
+    let caller = common::login(&s, creds(&email)).await.expect("login");
+    let other = common::login(&s, creds(&email)).await.expect("login");
+    proxy.cut_open_connections();
+    shared::auth::revoke_session(
+        &s,
+        &caller.access.token,
+        &session_of(&other).to_string(),
+        &shared::origin::Origin::default(),
+    )
+    .await
+    .expect("the retry finds the session ended by its own first try");
+    assert_retried(&proxy);
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM sessions WHERE ended_reason = 'revoked'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM auth_events WHERE event = 'session.revoked'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        common::current_user(&s, &other.access.token).await.err(),
+        Some(AuthError::InvalidToken)
+    );
+    common::current_user(&s, &caller.access.token)
+        .await
+        .expect("the caller lives on");
+}
+
+#[tokio::test]
+async fn a_mail_request_whose_answer_was_lost_is_counted_and_queued_once() {
+    let _turn = exclusive().await;
+    let (s, proxy, direct, email, user_id) = behind_the_proxy_with_mail(&Cluster::get()).await;
+    let nobody = shared::origin::Origin::default();
+    let forgot = |address: String| {
+        let (s, nobody) = (&s, nobody.clone());
+        async move {
+            shared::auth::request_mail(
+                s,
+                shared::auth::MailAsk::PasswordReset,
+                &address,
+                &nobody,
+                tokio::time::Instant::now(),
+            )
+            .await
+        }
+    };
+    proxy.cut_open_connections();
+    // Counted twice, the retry would be over the per-recipient interval: a 429.
+    assert_eq!(forgot(email.clone()).await, Ok(()));
+    assert_retried(&proxy);
+    assert_eq!(
+        count(&direct, "SELECT count(*) FROM mail_requests").await,
+        1
+    );
+    let user: Vec<uuid::Uuid> = direct
+        .query(
+            "SELECT user_id FROM link_tokens WHERE purpose = 'reset_password'",
+            &[],
+        )
+        .await
+        .expect("links")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(user, [user_id]);
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM outbox WHERE kind = 'password_reset'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM auth_events WHERE event = 'password.reset_requested'"
+        )
+        .await,
+        1
+    );
+    // An unknown address: counted once too, nothing stored.
+    proxy.cut_open_connections();
+    assert_eq!(forgot(unique_email()).await, Ok(()));
+    assert_retried(&proxy);
+    assert_eq!(
+        count(&direct, "SELECT count(*) FROM mail_requests").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM outbox WHERE kind = 'password_reset'"
+        )
+        .await,
+        1
+    );
+}

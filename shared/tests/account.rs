@@ -1206,3 +1206,220 @@ async fn the_sql_account_key_is_the_stores() {
         "a@xn--mnchen-3ya.de"
     );
 }
+
+// --- Races, and what else a careful client expects --------------------------------------------
+
+#[tokio::test]
+async fn two_resets_with_one_link_at_once_change_the_password_once() {
+    let state = mail_on(&[]).await;
+    let (email, user) = account(&state).await;
+    forgot(&state, &email).await.expect("forgot");
+    let token = link(&state, &email, "password_reset").await;
+    const OTHER: &str = "marmalade lighthouse bicycle 58";
+    let origin = nobody();
+    let (one, two) = tokio::join!(
+        auth::reset_password(&state, &token, NEW_PASSWORD, &origin),
+        auth::reset_password(&state, &token, OTHER, &origin),
+    );
+    let outcomes = [one.clone(), two.clone()];
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&Err(AuthError::LinkInvalid)),
+        "{outcomes:?}"
+    );
+    assert_eq!(events(&state, "password.reset").await, 1);
+    let winner = if one.is_ok() { NEW_PASSWORD } else { OTHER };
+    let loser = if one.is_ok() { OTHER } else { NEW_PASSWORD };
+    login(&state, &email, winner).await;
+    assert_eq!(
+        auth::login(&state, creds(&email, loser), &nobody())
+            .await
+            .err(),
+        Some(AuthError::InvalidCredentials)
+    );
+    let _ = user;
+}
+
+#[tokio::test]
+async fn two_verifications_with_one_link_at_once_verify_once() {
+    let state = mail_on(&[]).await;
+    let (email, _) = account(&state).await;
+    let token = link(&state, &email, "verify_email").await;
+    let origin = nobody();
+    let (one, two) = tokio::join!(
+        auth::verify_email(&state, &token, &origin),
+        auth::verify_email(&state, &token, &origin),
+    );
+    let outcomes = [one.map(|u| u.email_verified), two.map(|u| u.email_verified)];
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == Ok(true)).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&Err(AuthError::LinkInvalid)),
+        "{outcomes:?}"
+    );
+    assert_eq!(events(&state, "email.verified").await, 1);
+}
+
+#[tokio::test]
+async fn two_requests_for_one_recipient_at_once_queue_one_mail() {
+    let state = mail_on(&[("MAIL_RESEND_INTERVAL_SECONDS", "60")]).await;
+    let (email, user) = account(&state).await;
+    let (one, two) = tokio::join!(forgot(&state, &email), forgot(&state, &email));
+    let outcomes = [one, two];
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(AuthError::TooManyRequests { .. }))),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        count(
+            &state,
+            "SELECT count(*) FROM outbox WHERE user_id = $1 AND kind = 'password_reset'",
+            &[&user.id]
+        )
+        .await,
+        1
+    );
+    assert_eq!(events(&state, "password.reset_requested").await, 1);
+}
+
+#[tokio::test]
+async fn the_recipient_limit_is_keyed_by_the_normalized_address() {
+    let state = mail_on(&[]).await;
+    let limited =
+        |result: Result<(), AuthError>| matches!(result, Err(AuthError::TooManyRequests { .. }));
+    let (email, _) = account(&state).await;
+    forgot(&state, &email).await.expect("forgot");
+    assert!(limited(
+        forgot(&state, &format!("  {}\u{a0}", email.to_uppercase())).await
+    ));
+    // An internationalized domain and its punycode form are one recipient, account or not.
+    resend(&state, "someone@münchen.de").await.expect("resend");
+    assert!(limited(resend(&state, "Someone@xn--mnchen-3ya.de").await));
+    // Malformed input is keyed by its trimmed, lower-cased form.
+    forgot(&state, " Not An Address ").await.expect("forgot");
+    assert!(limited(forgot(&state, "not an address").await));
+}
+
+#[tokio::test]
+async fn forgot_and_resend_audit_only_what_they_sent() {
+    let state = mail_on(&[]).await;
+    let (email, user) = account(&state).await;
+    let registered = count(
+        &state,
+        "SELECT count(*) FROM auth_events WHERE event = 'email.verification_sent' AND user_id = $1",
+        &[&user.id],
+    )
+    .await;
+    assert_eq!(registered, 1, "the registration's mail");
+    forgot(&state, &email).await.expect("forgot");
+    forgot(&state, &unique_email()).await.expect("forgot");
+    resend(&state, &unique_email()).await.expect("resend");
+    assert_eq!(events(&state, "password.reset_requested").await, 1);
+    assert_eq!(events(&state, "email.verification_sent").await, 1);
+}
+
+#[tokio::test]
+async fn ending_ones_own_session_refuses_its_token_at_once() {
+    let state = fresh_state(&[]).await;
+    let (email, _) = account(&state).await;
+    let tokens = login(&state, &email, STRONG_PASSWORD).await;
+    auth::revoke_session(
+        &state,
+        &tokens.access.token,
+        &session_id(&tokens).to_string(),
+        &nobody(),
+    )
+    .await
+    .expect("revoked");
+    assert_eq!(
+        me(&state, &tokens).await.err(),
+        Some(AuthError::InvalidToken)
+    );
+    assert_eq!(
+        refresh(&state, &tokens).await.err(),
+        Some(AuthError::InvalidToken)
+    );
+}
+
+#[tokio::test]
+async fn an_idle_session_is_no_longer_listed_or_allowed_to_list() {
+    let mut state = fresh_state(&[("SESSION_IDLE_SECONDS", "3600")]).await;
+    let clock = hand_clock(&mut state);
+    let (email, _) = account(&state).await;
+    let idle = login(&state, &email, STRONG_PASSWORD).await;
+    advance(&clock, Duration::minutes(30));
+    let fresh = login(&state, &email, STRONG_PASSWORD).await;
+    advance(&clock, Duration::minutes(31));
+    let listed = auth::list_sessions(&state, &fresh.access.token, &nobody())
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [session_id(&fresh)]
+    );
+    assert_eq!(
+        auth::list_sessions(&state, &idle.access.token, &nobody())
+            .await
+            .err(),
+        Some(AuthError::InvalidToken)
+    );
+}
+
+#[tokio::test]
+async fn change_and_delete_from_an_ended_session_are_invalid_tokens_and_change_nothing() {
+    let state = mail_on(&[]).await;
+    let (email, _) = account(&state).await;
+    let ended = login(&state, &email, STRONG_PASSWORD).await;
+    auth::logout(&state, &ended.access.token, false, &nobody())
+        .await
+        .expect("logout");
+    let before = snapshot(&state).await;
+    assert_eq!(
+        auth::change_password(
+            &state,
+            &ended.access.token,
+            STRONG_PASSWORD,
+            NEW_PASSWORD,
+            &nobody()
+        )
+        .await
+        .err(),
+        Some(AuthError::InvalidToken)
+    );
+    assert_eq!(
+        auth::delete_account(&state, &ended.access.token, STRONG_PASSWORD, &nobody())
+            .await
+            .err(),
+        Some(AuthError::InvalidToken)
+    );
+    assert_eq!(snapshot(&state).await, before);
+    login(&state, &email, STRONG_PASSWORD).await;
+}
+
+#[tokio::test]
+async fn a_refresh_after_verification_carries_the_proven_address() {
+    let state = mail_on(&[]).await;
+    let (email, _) = account(&state).await;
+    let tokens = login(&state, &email, STRONG_PASSWORD).await;
+    assert_eq!(claims_of(&tokens.access.token)["email_verified"], false);
+    let token = link(&state, &email, "verify_email").await;
+    auth::verify_email(&state, &token, &nobody())
+        .await
+        .expect("verify");
+    let next = refresh(&state, &tokens).await.expect("refresh");
+    assert_eq!(claims_of(&next.access.token)["email_verified"], true);
+}

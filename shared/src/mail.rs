@@ -121,14 +121,15 @@ pub enum MailError {
 impl MailError {
     /// Whether the same message may go through on a later try. Not when the message itself is
     /// at fault (a recipient the builder refuses, a body that does not open) or the server
-    /// refused the mailbox (550 unavailable, 551 not local, 553 not allowed). Every other
+    /// refused the mailbox (501 an address it cannot take, 550 unavailable, 551 not local, 553
+    /// not allowed). Every other
     /// refusal is retried, 5xx included: 530/535 (authentication) or 554 usually mean wrong
     /// settings (credentials, an unverified SES sender), which hit every message alike and are
     /// fixed by an operator, so giving up on the queue at once would lose mail.
     pub fn is_retryable(&self) -> bool {
         match self {
             MailError::Recipient | MailError::Message | MailError::Sealed => false,
-            MailError::Rejected(code) => !matches!(code.as_str(), "550" | "551" | "553"),
+            MailError::Rejected(code) => !matches!(code.as_str(), "501" | "550" | "551" | "553"),
             MailError::Timeout | MailError::Deferred(_) | MailError::Connection(_) => true,
         }
     }
@@ -700,6 +701,7 @@ mod tests {
         }
         assert!(!MailError::Rejected("550".into()).is_retryable());
         assert!(!MailError::Rejected("553".into()).is_retryable());
+        assert!(!MailError::Rejected("501".into()).is_retryable());
         assert!(!MailError::Sealed.is_retryable() && !MailError::Recipient.is_retryable());
         assert!(
             MailError::Rejected("535".into()).is_retryable(),

@@ -115,14 +115,14 @@ pub async fn insert_user(
                         VALUES ($1, $2, $3, $4, $4) \
                         RETURNING id, email, is_active, created_at, false AS email_verified), \
                   e AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent) \
-                        SELECT $4, 'user.registered', id, $5, $6 FROM u), \
+                        SELECT $4, v.event, u.id, $5, $6 \
+                        FROM u, (VALUES (1, 'user.registered'), (2, 'email.verification_sent')) v (n, event) \
+                        WHERE v.n = 1 OR $11::bytea IS NOT NULL ORDER BY v.n), \
                   t AS (DELETE FROM login_throttle WHERE account = $7 AND EXISTS (SELECT 1 FROM u)), \
                   l AS (INSERT INTO link_tokens (hash, user_id, purpose, created_at, expires_at) \
                         SELECT $8, id, 'verify_email', $4, $9 FROM u WHERE $8::bytea IS NOT NULL), \
                   o AS (INSERT INTO outbox (id, user_id, kind, sealed, attempts, next_attempt_at, created_at) \
-                        SELECT $10, id, $13, $11, 1, $12, $4 FROM u WHERE $11::bytea IS NOT NULL), \
-                  v AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent) \
-                        SELECT $4, 'email.verification_sent', id, $5, $6 FROM u WHERE $11::bytea IS NOT NULL) \
+                        SELECT $10, id, $13, $11, 1, $12, $4 FROM u WHERE $11::bytea IS NOT NULL) \
              SELECT id, email, is_active, created_at, email_verified FROM u",
             &[
                 (&id, Type::UUID),

@@ -272,3 +272,87 @@ async fn a_mail_server_out_of_reach_defers_the_message_with_backoff_then_fails_i
         Delivered::default()
     );
 }
+
+/// An SMTP server that accepts every connection and never says a word.
+async fn silent_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    format!("smtp://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn a_message_its_request_is_still_delivering_is_left_to_it_then_released_to_the_mailer() {
+    let silent = silent_server().await;
+    let mut queue = fresh_state(&[("SMTP_URL", &silent), ("SMTP_TIMEOUT_MS", "3000")]).await;
+    let queue_clock = hand_clock(&mut queue);
+    let lease = outbox::lease(&queue.config);
+    let (deliver, clock) = delivering(&queue);
+    *clock.lock().expect("clock") = now_of(&queue_clock) + lease - Duration::milliseconds(1);
+    // While the registration waits on the silent server, a mailer run finds nothing due.
+    let ((email, user), during) = tokio::join!(register(&queue), async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        outbox::run(&deliver).await.expect("run")
+    });
+    assert_eq!(
+        during,
+        Delivered::default(),
+        "leased to the request that is sending it"
+    );
+    // Its attempt over, the request released the message at once.
+    let row = message_of(&queue, user.id).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 1));
+    assert!(row.next_attempt_at <= now_of(&queue_clock));
+    assert_eq!(
+        outbox::run(&deliver).await.expect("run"),
+        Delivered {
+            sent: 1,
+            deferred: 0,
+            failed: 0
+        }
+    );
+    let messages = inbox(&email).await;
+    assert_eq!(messages.len(), 1);
+    let subject = messages[0]["subject"].as_str().expect("a subject");
+    assert!(subject.contains("confirm your email address"), "{subject}");
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_open_fails_at_once_and_is_never_sent() {
+    let queue = queuing().await;
+    let (first, one) = register(&queue).await;
+    let (second, two) = register(&queue).await;
+    // Swapped bodies: each is sealed to its own row id, so neither opens in the other row.
+    psql(&queue)
+        .await
+        .execute(
+            "UPDATE outbox o SET sealed = p.sealed FROM outbox p \
+             WHERE o.user_id IN ($1, $2) AND p.user_id IN ($1, $2) AND p.id <> o.id",
+            &[&one.id, &two.id],
+        )
+        .await
+        .expect("swap");
+    let (deliver, _) = delivering(&queue);
+    assert_eq!(
+        outbox::run(&deliver).await.expect("run"),
+        Delivered {
+            sent: 0,
+            deferred: 0,
+            failed: 2
+        }
+    );
+    for (email, user) in [(&first, &one), (&second, &two)] {
+        let row = message_of(&queue, user.id).await;
+        assert_eq!((row.status.as_str(), row.attempts), ("failed", 2));
+        assert!(!row.has_body && row.finished);
+        assert_eq!(audited(&queue, "mail.failed", user.id).await, 1);
+        assert!(inbox_now(email).await.is_empty(), "nothing sent to {email}");
+    }
+}

@@ -613,7 +613,7 @@ async fn requested_mail_is_limited_per_recipient_for_accounts_and_unknown_addres
 #[tokio::test]
 async fn with_mail_off_forgot_and_resend_are_unavailable_and_links_already_sent_still_work() {
     let on = mail_on(&[]).await;
-    let (email, user) = account(&on).await;
+    let (email, _) = account(&on).await;
     forgot(&on, &email).await.expect("forgot");
     let verify = link(&on, &email, "verify_email").await;
     let reset = link(&on, &email, "password_reset").await;
@@ -664,7 +664,6 @@ async fn with_mail_off_forgot_and_resend_are_unavailable_and_links_already_sent_
             .await,
         0
     );
-    let _ = user;
 }
 
 // --- Change password --------------------------------------------------------------------------
@@ -1212,7 +1211,7 @@ async fn the_sql_account_key_is_the_stores() {
 #[tokio::test]
 async fn two_resets_with_one_link_at_once_change_the_password_once() {
     let state = mail_on(&[]).await;
-    let (email, user) = account(&state).await;
+    let (email, _) = account(&state).await;
     forgot(&state, &email).await.expect("forgot");
     let token = link(&state, &email, "password_reset").await;
     const OTHER: &str = "marmalade lighthouse bicycle 58";
@@ -1241,7 +1240,6 @@ async fn two_resets_with_one_link_at_once_change_the_password_once() {
             .err(),
         Some(AuthError::InvalidCredentials)
     );
-    let _ = user;
 }
 
 #[tokio::test]
@@ -1422,4 +1420,24 @@ async fn a_refresh_after_verification_carries_the_proven_address() {
         .expect("verify");
     let next = refresh(&state, &tokens).await.expect("refresh");
     assert_eq!(claims_of(&next.access.token)["email_verified"], true);
+}
+
+#[tokio::test]
+async fn a_registrations_verification_mail_is_not_held_back_by_the_recipient_limit() {
+    let state = mail_on(&[("MAIL_MAX_PER_HOUR", "1")]).await;
+    let email = unique_email();
+    forgot(&state, &email)
+        .await
+        .expect("forgot, no account yet");
+    assert!(matches!(
+        forgot(&state, &email).await,
+        Err(AuthError::TooManyRequests { .. })
+    ));
+    auth::register(&state, creds(&email, STRONG_PASSWORD), &nobody())
+        .await
+        .expect("register");
+    let token = link(&state, &email, "verify_email").await;
+    auth::verify_email(&state, &token, &nobody())
+        .await
+        .expect("the registration's link arrived and works");
 }

@@ -81,14 +81,13 @@ BEGIN
     DELETE FROM mail_requests r WHERE r.recipient = p_recipient AND r.at <= p_now - interval '1 hour';
     SELECT count(*), min(r.at), max(r.at) INTO n, oldest, latest
     FROM mail_requests r WHERE r.recipient = p_recipient;
-    IF latest > p_now - p_interval THEN
+    -- Over either limit: the answer names when both allow the next request.
+    IF latest > p_now - p_interval OR n >= p_max_per_hour THEN
         RETURN QUERY SELECT 'limited',
-            GREATEST(1, CEIL(extract(epoch FROM (latest + p_interval - p_now))))::integer, NULL::uuid;
-        RETURN;
-    END IF;
-    IF n >= p_max_per_hour THEN
-        RETURN QUERY SELECT 'limited',
-            GREATEST(1, CEIL(extract(epoch FROM (oldest + interval '1 hour' - p_now))))::integer, NULL::uuid;
+            GREATEST(1, CEIL(extract(epoch FROM (GREATEST(
+                CASE WHEN latest > p_now - p_interval THEN latest + p_interval END,
+                CASE WHEN n >= p_max_per_hour THEN oldest + interval '1 hour' END) - p_now))))::integer,
+            NULL::uuid;
         RETURN;
     END IF;
     INSERT INTO mail_requests (recipient, at, request_id) VALUES (p_recipient, p_now, p_message);

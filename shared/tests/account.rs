@@ -1441,3 +1441,52 @@ async fn a_registrations_verification_mail_is_not_held_back_by_the_recipient_lim
         .await
         .expect("the registration's link arrived and works");
 }
+
+#[tokio::test]
+async fn a_limited_requests_retry_after_is_when_the_next_one_is_allowed() {
+    let mut state = mail_on(&[
+        ("MAIL_RESEND_INTERVAL_SECONDS", "60"),
+        ("MAIL_MAX_PER_HOUR", "1"),
+    ])
+    .await;
+    let clock = hand_clock(&mut state);
+    let email = unique_email();
+    forgot(&state, &email).await.expect("forgot");
+    advance(&clock, Duration::seconds(30));
+    // Both limits hold: the interval ends in 30 s, the hour's one request leaves it in 3570 s.
+    assert_eq!(
+        forgot(&state, &email).await,
+        Err(AuthError::TooManyRequests {
+            retry_after_secs: 3570
+        })
+    );
+    advance(&clock, Duration::seconds(3570));
+    forgot(&state, &email)
+        .await
+        .expect("allowed when Retry-After said");
+}
+
+#[tokio::test]
+async fn with_verification_required_a_right_password_is_never_counted_as_a_failure() {
+    let state = mail_on(&[
+        ("REQUIRE_VERIFIED_EMAIL", "true"),
+        ("LOGIN_BACKOFF_AFTER", "3"),
+    ])
+    .await;
+    let (email, _) = account(&state).await;
+    // The documented answer to the right password of an unverified account, every time.
+    for attempt in 1..=5 {
+        assert_eq!(
+            auth::login(&state, creds(&email, STRONG_PASSWORD), &nobody())
+                .await
+                .err(),
+            Some(AuthError::EmailNotVerified),
+            "attempt {attempt}"
+        );
+    }
+    let token = link(&state, &email, "verify_email").await;
+    auth::verify_email(&state, &token, &nobody())
+        .await
+        .expect("verify");
+    login(&state, &email, STRONG_PASSWORD).await;
+}

@@ -252,15 +252,19 @@ pub async fn login(
         return Err(AuthError::InvalidCredentials);
     };
     let user = &found.user;
-    if !user.is_active {
-        tracing::info!(event = "login.failed", reason = "account_disabled", user_id = %user.id, email = %masked);
-        audit(state, failed("account_disabled", false), origin).await;
-        return Err(AuthError::AccountDisabled);
-    }
-    if state.config.require_verified_email && !user.email_verified {
-        tracing::info!(event = "login.failed", reason = "email_not_verified", user_id = %user.id, email = %masked);
-        audit(state, failed("email_not_verified", false), origin).await;
-        return Err(AuthError::EmailNotVerified);
+    let refused = if !user.is_active {
+        Some(("account_disabled", AuthError::AccountDisabled))
+    } else if state.config.require_verified_email && !user.email_verified {
+        Some(("email_not_verified", AuthError::EmailNotVerified))
+    } else {
+        None
+    };
+    if let Some((reason, error)) = refused {
+        tracing::info!(event = "login.failed", reason, user_id = %user.id, email = %masked);
+        audit(state, failed(reason, false), origin).await;
+        // The password was right: the attempt counted before the check is no failure.
+        store::clear_backoff(&state.db, &account, &network).await?;
+        return Err(error);
     }
     if state.passwords()?.needs_rehash(&found.hashed_password) {
         rehash(state, user, &found.hashed_password, &password).await;

@@ -30,6 +30,7 @@ import pytest
 from conftest import API_URL, Client
 from mail import (
     MAILDEV_CTL,
+    invoke_mailer,
     RESET_MAIL,
     VERIFICATION,
     Message,
@@ -312,19 +313,6 @@ def maildev_ctl(command: str) -> None:
     assert done.returncode == 0, f"maildev.sh {command}: {done.stdout}{done.stderr}"
 
 
-def invoke_mailer() -> str:
-    """One scheduled mailer run, as `make dev` and the schedule do it."""
-    # scripts/test.sh names both; by default the watch listens on the API's port + 1
-    port = os.environ.get("LAMBDA_INVOKE_PORT") or str((urllib.parse.urlsplit(API_URL).port or 80) + 1)
-    cargo_lambda = os.environ.get("CARGO_LAMBDA") or str(ROOT / ".venv" / "bin" / "cargo-lambda")
-    done = subprocess.run(
-        [cargo_lambda, "lambda", "invoke", "mailer",
-         "--invoke-address", "127.0.0.1", "--invoke-port", port, "--data-ascii", "{}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, f"mailer invoke failed: {done.stdout}{done.stderr}"
-    return done.stdout
-
-
 class SilentSmtp:
     """A mail server that accepts connections and never says a word (not even its greeting)."""
 
@@ -414,7 +402,7 @@ def test_mail_server_faults_lose_no_mail_and_the_mailer_delivers_each_message_on
     # nothing arrives by itself: the messages wait for the mailer
     maildev.assert_none_arrive_at(list(waiting))
     # the mailer delivers each (a request cut off at its answer leaves its message leased for
-    # 30 s, so this takes a few runs)
+    # twice SMTP_TIMEOUT_MS, so this can take a few runs)
     deadline = time.monotonic() + 30 + 60
     while True:
         invoke_mailer()

@@ -119,8 +119,8 @@ async fn a_silent_mail_server_leaves_forgot_at_its_usual_time_and_the_reset_mail
             "{address}: forgot took {took:?}"
         );
     }
-    // Cut off at the answer's moment, the request left its lease on the message: the mailer
-    // takes it once the lease is over, and only the account's message exists.
+    // Cut off at the answer's moment, the message waits for the mailer (leased, or released
+    // if the attempt's own failure was recorded first), and only the account's message exists.
     let rows = outbox(&state).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!((rows[0].0.as_str(), rows[0].1), ("pending", 1));
@@ -164,4 +164,46 @@ async fn a_mail_server_that_is_down_fails_no_request_and_the_mail_is_due_at_once
             "{error}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_recipient_the_mail_server_refuses_for_good_is_failed_at_once_not_retried() {
+    // MailDev, like many servers, refuses (501) an address at the 254-character limit that
+    // the contract accepts: no retry can change that answer.
+    let state = fresh_state(&[("SMTP_URL", &common::required_env("TEST_SMTP_URL"))]).await;
+    let domain = format!(
+        "{}.{}.{}.com",
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(57)
+    );
+    let email = format!("{}@{domain}", "a".repeat(64));
+    assert_eq!(email.len(), 254);
+    auth::register(
+        &state,
+        Credentials {
+            email,
+            password: STRONG_PASSWORD.into(),
+        },
+        &Origin::default(),
+    )
+    .await
+    .expect("register");
+    let row = psql(&state)
+        .await
+        .query_one(
+            "SELECT status, sealed IS NULL, last_error, \
+                    (SELECT count(*) FROM auth_events WHERE event = 'mail.failed') \
+             FROM outbox",
+            &[],
+        )
+        .await
+        .expect("the verification mail");
+    let (status, body_gone, error, audited): (String, bool, Option<String>, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!((status.as_str(), body_gone, audited), ("failed", true, 1));
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("501")),
+        "{error:?}"
+    );
 }

@@ -66,8 +66,9 @@ impl Prepared {
 }
 
 /// The request's own delivery attempt of a message its statement queued, bounded by
-/// `deadline`. Sent: marked sent. Not sent: left queued and due at once for the mailer. A
-/// failure is logged and changes no answer.
+/// `deadline`. Sent: marked sent. Refused for good (a recipient the server cannot take):
+/// marked failed. Otherwise left queued and due at once for the mailer. A failure is logged
+/// and changes no answer.
 pub async fn deliver(state: &AppState, mailer: &Mailer, prepared: &Prepared, deadline: Duration) {
     let kind = prepared.envelope.notice.kind();
     match mailer.send(&prepared.envelope, deadline).await {
@@ -78,13 +79,20 @@ pub async fn deliver(state: &AppState, mailer: &Mailer, prepared: &Prepared, dea
             }
         }
         Err(error) => {
-            tracing::warn!(event = "mail.deferred", message_id = %prepared.id, kind, %error);
+            // A refusal that no retry can change ends the message now; any other failure
+            // leaves it due at once for the mailer.
+            let last = !error.is_retryable();
+            if last {
+                tracing::error!(event = "mail.failed", message_id = %prepared.id, kind, %error);
+            } else {
+                tracing::warn!(event = "mail.deferred", message_id = %prepared.id, kind, %error);
+            }
             let now = state.now();
             let reason = error.to_string();
             if let Err(error) =
-                store::mail_failed(&state.db, prepared.id, &reason, false, Some(now), now).await
+                store::mail_failed(&state.db, prepared.id, &reason, last, Some(now), now).await
             {
-                tracing::warn!(message_id = %prepared.id, error = ?error, "deferred mail not released; the mailer takes it after its lease");
+                tracing::warn!(message_id = %prepared.id, error = ?error, "failed mail not recorded; the mailer takes it after its lease");
             }
         }
     }

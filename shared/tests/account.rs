@@ -766,6 +766,20 @@ async fn a_change_to_a_weak_password_is_refused_and_its_right_current_password_i
         Some("invalid_password")
     );
     assert_eq!(common::stored_hash(&state, user.id).await, hash);
+    // Each refusal of a new password is audited with its reason, as register's are.
+    let reasons: Vec<String> = common::psql(&state)
+        .await
+        .query(
+            "SELECT reason FROM auth_events WHERE user_id = $1 AND event = 'password.rejected' \
+             ORDER BY id",
+            &[&user.id],
+        )
+        .await
+        .expect("audit")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reasons, ["weak_password", "invalid_password"]);
     // Had the right password counted as a third failure, this attempt would wait (429).
     assert_eq!(
         change(WRONG_PASSWORD, NEW_PASSWORD).await.err(),

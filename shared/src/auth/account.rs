@@ -213,7 +213,15 @@ pub async fn reset_password(
         }
     };
     let email = Email::parse(&holder.email)?;
-    let password = new_password_for(state, new_password, &email).await?;
+    let password = new_password_for(
+        state,
+        "password_reset",
+        new_password,
+        holder.user_id,
+        &email,
+        origin,
+    )
+    .await?;
     let new_hash = state.passwords()?.hash(&password).await?;
     let notice = notice(state, email.as_str(), Notice::PasswordChanged);
     let account = store::account_key(Some(&email), email.as_str());
@@ -248,16 +256,36 @@ pub async fn reset_password(
 }
 
 /// A new password under the registration rules, breached-password check included.
+/// A refusal is logged and audited as `password.rejected` with its reason, as register's are.
 async fn new_password_for(
     state: &AppState,
+    route: &'static str,
     raw: &str,
+    user_id: Uuid,
     email: &Email,
+    origin: &Origin,
 ) -> Result<NewPassword, AuthError> {
-    let password = NewPassword::parse(raw, email, state.config.password_min_length)?;
-    if crate::breach::is_breached(&state.config.password_breach, &password).await {
-        return Err(AuthError::WeakPassword);
-    }
-    Ok(password)
+    let refused = match NewPassword::parse(raw, email, state.config.password_min_length) {
+        Ok(password) => {
+            if !crate::breach::is_breached(&state.config.password_breach, &password).await {
+                return Ok(password);
+            }
+            ("breached_password", AuthError::WeakPassword)
+        }
+        Err(AuthError::WeakPassword) => ("weak_password", AuthError::WeakPassword),
+        Err(error) => ("invalid_password", error),
+    };
+    let (reason, error) = refused;
+    tracing::info!(event = "password.rejected", route, reason, user_id = %user_id);
+    let event = AuditEvent {
+        event: "password.rejected",
+        reason: Some(reason),
+        user_id: Some(user_id),
+        session_id: None,
+        refusal: false,
+    };
+    audit(state, event, origin).await;
+    Err(error)
 }
 
 /// A signed-in user's password, checked: the token's session must be live, and the check
@@ -341,14 +369,15 @@ pub async fn change_password(
     const ROUTE: &str = "password_change";
     let (token, email, old_hash) = reauthenticate(state, ROUTE, bearer, current, origin).await?;
     let account = store::account_key(Some(&email), email.as_str());
-    let password = match new_password_for(state, new_password, &email).await {
-        Ok(password) => password,
-        Err(error) => {
-            // The current password was right: its check must not count as a failure.
-            store::clear_backoff(&state.db, &account, &origin.network()).await?;
-            return Err(error);
-        }
-    };
+    let password =
+        match new_password_for(state, ROUTE, new_password, token.user_id, &email, origin).await {
+            Ok(password) => password,
+            Err(error) => {
+                // The current password was right: its check must not count as a failure.
+                store::clear_backoff(&state.db, &account, &origin.network()).await?;
+                return Err(error);
+            }
+        };
     let new_hash = state.passwords()?.hash(&password).await?;
     let notice = notice(state, email.as_str(), Notice::PasswordChanged);
     let now = state.now();

@@ -71,7 +71,8 @@ step "database and handler tests again, through PgBouncer in transaction mode"
 # shellcheck disable=SC2097,SC2098 # TEST_DIRECT_DATABASE_URL is the cluster's URL, before the override
 TEST_DIRECT_DATABASE_URL="$TEST_DATABASE_URL" \
   TEST_DATABASE_URL="$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" postgres)" \
-  cargo test -p shared --test db --test handlers --test logging --test sessions --test attacks --test account --test mailer 2> --test account --test account_races --test mailer 2>&11 | tee -a "$LOG"
+  cargo test -p shared --test db --test handlers --test logging --test sessions --test attacks \
+    --test account --test mailer --test handlers_account 2>&1 | tee -a "$LOG"
 
 # The real binaries through cargo lambda watch and the local gateway, driven over HTTP, their
 # mail to a MailDev of this pass's own (the tests read it by recipient through MAILDEV_URL; a

@@ -14,7 +14,7 @@ use uuid::Uuid;
 /// The longest wait between two attempts.
 pub const MAX_BACKOFF_SECS: f64 = 3600.0;
 /// Attempts after which a message is marked failed (`mail.failed`): with the default
-/// `SMTP_TIMEOUT_MS`, about eight hours of retries (12 s doubling up to an hour).
+/// `SMTP_TIMEOUT_MS`, about seven hours of retries (12 s doubling up to an hour).
 pub const MAX_ATTEMPTS: u32 = 16;
 
 /// The lease of a message someone is delivering, and the first retry's delay: twice the

@@ -269,12 +269,16 @@ CREATE FUNCTION auth_change_password(
 ) RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- The user's row first (a retry racing its own first try waits for it, then sees it).
+    PERFORM 1 FROM users u WHERE u.id = p_user_id FOR NO KEY UPDATE;
     -- A hash is salted, so a stored hash equal to the new one means this very call, retried.
     IF EXISTS (SELECT 1 FROM users u WHERE u.id = p_user_id AND u.hashed_password = p_new_hash) THEN
         RETURN 'changed';
     END IF;
     UPDATE users u SET hashed_password = p_new_hash, updated_at = p_now
-    WHERE u.id = p_user_id AND u.hashed_password = p_old_hash AND u.is_active;
+    WHERE u.id = p_user_id AND u.hashed_password = p_old_hash AND u.is_active
+      AND EXISTS (SELECT 1 FROM sessions c WHERE c.id = p_session_id AND c.user_id = p_user_id
+                  AND c.ended_at IS NULL);
     IF NOT FOUND THEN
         RETURN 'conflict';
     END IF;
@@ -300,6 +304,10 @@ CREATE FUNCTION auth_delete_user(
 ) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- The user's refresh tokens first, as a refresh locks a token before its session: the
+    -- cascade below locks sessions before their tokens, which would deadlock with a refresh.
+    PERFORM 1 FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id
+    WHERE s.user_id = p_user_id FOR UPDATE OF r;
     DELETE FROM users u WHERE u.id = p_user_id AND u.hashed_password = p_hash;
     IF NOT FOUND THEN
         -- Gone already: by this very call, retried after a lost answer, or by another.

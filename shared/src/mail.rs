@@ -217,6 +217,22 @@ fn config_error(variable: &'static str, problem: &str) -> ConfigError {
     }
 }
 
+/// A send in flight: unless it finished, dropping it discards the pool it used, so a
+/// connection left mid-conversation is never handed out again.
+struct Unfinished<'a> {
+    mailer: &'a Mailer,
+    generation: u64,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.mailer.discard(self.generation);
+        }
+    }
+}
+
 impl Mailer {
     /// The mailer of `config`: `None` when `SMTP_URL` is unset (mail off). Needs
     /// `DATA_ENCRYPTION_KEY`, which seals the outbox. No network I/O happens here.
@@ -389,17 +405,24 @@ impl Mailer {
 
     /// Renders `envelope` and delivers it over SMTP, within `deadline` whatever the server
     /// does (connecting, TLS, every reply).
+    ///
+    /// A send that does not finish — cut off by `deadline`, or dropped by its caller's own
+    /// deadline — discards the pool it used (see [`Mailer::discard`]).
     pub async fn send(&self, envelope: &Envelope, deadline: Duration) -> Result<(), MailError> {
         let message = self.message(envelope)?;
         let (generation, transport) = self.transport();
-        match tokio::time::timeout(deadline, transport.send(message)).await {
+        let mut unfinished = Unfinished {
+            mailer: self,
+            generation,
+            armed: true,
+        };
+        let result = match tokio::time::timeout(deadline, transport.send(message)).await {
             Ok(Ok(_reply)) => Ok(()),
             Ok(Err(error)) => Err(MailError::from_smtp(&error)),
-            Err(_elapsed) => {
-                self.discard(generation);
-                Err(MailError::Timeout)
-            }
-        }
+            Err(_elapsed) => return Err(MailError::Timeout),
+        };
+        unfinished.armed = false;
+        result
     }
 
     /// The current pool, built on first use.

@@ -307,27 +307,33 @@ pub async fn update_password_hash(
 }
 
 /// A login succeeded: start the session with its first refresh token, clear the account's
-/// backoff (account-wide and this network's) and write the audit row. The session id is
-/// chosen by the caller, so a retry after a lost answer finds its own session instead of
-/// failing on it.
+/// backoff (account-wide and this network's) and write the audit row — only while the user is
+/// active and `checked_hash` is still its password hash, so a login that checked the old
+/// password while a reset or change committed starts no session after it (the user's row is
+/// share-locked first, so the statement waits for such a change and then sees it). Returns
+/// whether the session started. The session id is chosen by the caller, so a retry after a
+/// lost answer finds its own session instead of failing on it.
 #[allow(clippy::too_many_arguments)]
 pub async fn start_session(
     db: &Db,
     user_id: Uuid,
     session_id: Uuid,
     refresh_hash: &[u8],
+    checked_hash: &str,
     account: &[u8],
     network: &str,
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     origin: &Origin,
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     let row = db
         .query_opt(
-            "WITH s AS (INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, source_ip, user_agent) \
-                        VALUES ($1, $2, $4, $4, $5, $8, $9) ON CONFLICT (id) DO NOTHING RETURNING id), \
+            "WITH u AS (SELECT id FROM users WHERE id = $2 AND hashed_password = $10 AND is_active FOR SHARE), \
+                  s AS (INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, source_ip, user_agent) \
+                        SELECT $1, id, $4, $4, $5, $8, $9 FROM u ON CONFLICT (id) DO NOTHING RETURNING id), \
                   r AS (INSERT INTO refresh_tokens (hash, session_id, issued_at) SELECT $3, id, $4 FROM s), \
-                  t AS (DELETE FROM login_throttle WHERE account = $6 AND network IN ('*', $7)), \
+                  t AS (DELETE FROM login_throttle WHERE account = $6 AND network IN ('*', $7) \
+                        AND EXISTS (SELECT 1 FROM s)), \
                   e AS (INSERT INTO auth_events (occurred_at, event, user_id, session_id, source_ip, user_agent) \
                         SELECT $4, 'login.succeeded', $2, id, $8, $9 FROM s) \
              SELECT EXISTS (SELECT 1 FROM s) \
@@ -342,14 +348,12 @@ pub async fn start_session(
                 (&network, Type::TEXT),
                 (&origin.source_ip, Type::TEXT),
                 (&origin.user_agent, Type::TEXT),
+                (&checked_hash, Type::TEXT),
             ],
         )
         .await?
         .ok_or(DbError::NoRow("start_session"))?;
-    match row.try_get("started").map_err(DbError::Query)? {
-        true => Ok(()),
-        false => Err(DbError::NoRow("start_session")),
-    }
+    row.try_get("started").map_err(DbError::Query)
 }
 
 /// An audit row for an event that changes nothing else.

@@ -452,15 +452,24 @@ async fn a_session_start_whose_answer_was_lost_finds_its_own_session() {
         .await
         .expect("user")
         .get(0);
+    let hash: String = direct
+        .query_one(
+            "SELECT hashed_password FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await
+        .expect("hash")
+        .get(0);
     proxy.cut_open_connections();
     let now = chrono::Utc::now();
     let session_id = uuid::Uuid::new_v4();
     let raw = shared::refresh::generate();
-    shared::store::start_session(
+    let started = shared::store::start_session(
         &s.db,
         user_id,
         session_id,
         &shared::refresh::hash(&raw),
+        &hash,
         &shared::store::account_key(None, &email),
         "unknown",
         now,
@@ -468,7 +477,8 @@ async fn a_session_start_whose_answer_was_lost_finds_its_own_session() {
         &shared::origin::Origin::default(),
     )
     .await
-    .expect("the retry recognizes its own session");
+    .expect("no error");
+    assert!(started, "the retry recognizes its own session");
     assert_eq!(count(&direct, "SELECT count(*) FROM sessions").await, 1);
     assert_eq!(
         count(&direct, "SELECT count(*) FROM refresh_tokens").await,

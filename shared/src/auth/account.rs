@@ -23,6 +23,9 @@ use crate::{
 use tokio::time::Instant;
 use uuid::Uuid;
 
+/// What forgot and resend keep of their answer time for recording the delivery's outcome.
+const RECORD_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Which mail a person asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MailAsk {
@@ -145,9 +148,11 @@ pub async fn request_mail(
         }
         MailRequest::Queued(user_id) => {
             tracing::info!(event = "mail.requested", route = ask.route(), user_id = %user_id, message_id = %prepared.id);
-            // Whatever is not done by the answer's moment is left to the mailer.
+            // Whatever is not done by the answer's moment is left to the mailer. The send
+            // stops early enough to record its outcome in time; the outer bound is a backstop.
             let remaining = answer_at.saturating_duration_since(Instant::now());
-            let delivery = outbox::deliver(state, mailer, &prepared, remaining);
+            let send_by = remaining.saturating_sub(RECORD_BUDGET);
+            let delivery = outbox::deliver(state, mailer, &prepared, send_by);
             if tokio::time::timeout(remaining, delivery).await.is_err() {
                 tracing::info!(event = "mail.deferred", message_id = %prepared.id, "left to the mailer");
             }

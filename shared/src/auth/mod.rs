@@ -112,7 +112,6 @@ pub async fn register(
     credentials: Credentials,
     origin: &Origin,
 ) -> Result<User, AuthError> {
-    let now = state.now();
     let parsed = Email::parse(&credentials.email);
     let masked = parsed
         .as_ref()
@@ -147,6 +146,9 @@ pub async fn register(
         return Err(rejected("breached_password", AuthError::WeakPassword).await);
     }
     let hash = state.passwords()?.hash(&password).await?;
+    // Taken after the breach check and argon2, which take their time: the row, its lease and
+    // its link's lifetime start now.
+    let now = state.now();
     // With mail on, the verification link and its message are stored by the insert itself.
     let verification = state.mailer.as_ref().map(|mailer| {
         let raw = refresh::generate();
@@ -266,18 +268,23 @@ pub async fn login(
         store::clear_backoff(&state.db, &account, &network).await?;
         return Err(error);
     }
-    if state.passwords()?.needs_rehash(&found.hashed_password) {
-        rehash(state, user, &found.hashed_password, &password).await;
+    // The hash the session is started under: the checked one, or its upgrade.
+    let mut checked = found.hashed_password.clone();
+    if state.passwords()?.needs_rehash(&checked)
+        && let Some(upgraded) = rehash(state, user, &checked, &password).await
+    {
+        checked = upgraded;
     }
 
     let session_id = Uuid::new_v4();
     let raw = refresh::generate();
     let expires_at = now + state.config.session_max;
-    store::start_session(
+    let started = store::start_session(
         &state.db,
         user.id,
         session_id,
         &refresh::hash(&raw),
+        &checked,
         &account,
         &network,
         now,
@@ -285,6 +292,13 @@ pub async fn login(
         origin,
     )
     .await?;
+    if !started {
+        // The password changed (a reset, a change) or the account was disabled or deleted
+        // since the check: the password given is no longer the account's.
+        tracing::info!(event = "login.failed", reason = "changed_meanwhile", user_id = %user.id, email = %masked);
+        audit(state, failed("changed_meanwhile", false), origin).await;
+        return Err(AuthError::InvalidCredentials);
+    }
     let access = issue(state, user.id, session_id, user.email_verified, now)?;
     tracing::info!(event = "login.succeeded", user_id = %user.id, session_id = %session_id);
     Ok(Tokens {
@@ -310,16 +324,19 @@ fn issue(
 }
 
 /// Upgrades a stored hash to the current parameters. A failure here must not fail the login.
-async fn rehash(state: &AppState, user: &User, old: &str, password: &str) {
-    let Ok(passwords) = state.passwords() else {
-        return;
-    };
-    let Ok(new) = passwords.rehash(password).await else {
-        return;
-    };
+/// Returns the new hash when it replaced `old`.
+async fn rehash(state: &AppState, user: &User, old: &str, password: &str) -> Option<String> {
+    let passwords = state.passwords().ok()?;
+    let new = passwords.rehash(password).await.ok()?;
     match store::update_password_hash(&state.db, user.id, old, &new).await {
-        Ok(changed) => tracing::info!(event = "password.rehashed", user_id = %user.id, changed),
-        Err(_) => tracing::warn!(event = "password.rehash_failed", user_id = %user.id),
+        Ok(changed) => {
+            tracing::info!(event = "password.rehashed", user_id = %user.id, changed);
+            changed.then_some(new)
+        }
+        Err(_) => {
+            tracing::warn!(event = "password.rehash_failed", user_id = %user.id);
+            None
+        }
     }
 }
 

@@ -118,7 +118,10 @@ pub async fn run(state: &AppState) -> Result<Delivered, crate::error::AuthError>
         return Ok(done);
     };
     let started = tokio::time::Instant::now();
-    while started.elapsed() < RUN_BUDGET {
+    // A claim is taken only while its whole attempt (the send and its record) fits the budget,
+    // so the function's own timeout never cuts a message off between sent and marked.
+    let attempt = mailer.timeout() + state.config.db_timeout * 2;
+    while started.elapsed() + attempt < RUN_BUDGET {
         let now = state.now();
         let base = lease(&state.config).as_seconds_f64();
         let Some(claimed) = store::mail_claim(&state.db, now, base, MAX_BACKOFF_SECS).await? else {

@@ -279,3 +279,5 @@ def maildev(api_ready):
 def pytest_terminal_summary(terminalreporter):
     import support  # noqa: PLC0415 - only for the summary line
     terminalreporter.write_line(f"e2e: the tests slept {support.SLEPT[0]:.1f} s in all")
+    for line in support.TIMINGS:
+        terminalreporter.write_line(f"e2e timing: {line}")

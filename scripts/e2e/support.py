@@ -123,6 +123,7 @@ ALNUM = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
 SLEPT = [0.0]  # seconds the tests slept, reported at the end of the run (conftest.py)
+TIMINGS: list[str] = []  # the timing tests' medians, reported at the end of the run
 
 
 def nap(seconds: float) -> None:

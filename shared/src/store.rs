@@ -191,6 +191,18 @@ pub fn account_key(email: Option<&Email>, raw: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// An attempt's standing with the limits, from the `outcome` and `retry_until` columns of
+/// `auth_login_attempt` (also as `auth_reauth_attempt` passes them on).
+fn attempt_from(row: &Row, unknown: &'static str) -> Result<Attempt, DbError> {
+    let outcome: String = row.try_get("outcome").map_err(DbError::Query)?;
+    Ok(match outcome.as_str() {
+        "counted" => Attempt::Counted,
+        "blocked" => Attempt::Blocked(row.try_get("retry_until").map_err(DbError::Query)?),
+        "locked" => Attempt::Locked,
+        _ => return Err(DbError::NoRow(unknown)),
+    })
+}
+
 fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
@@ -230,13 +242,7 @@ pub async fn login_attempt(
         )
         .await?
         .ok_or(DbError::NoRow("login_attempt"))?;
-    let outcome: String = row.try_get("outcome").map_err(DbError::Query)?;
-    let attempt = match outcome.as_str() {
-        "counted" => Attempt::Counted,
-        "blocked" => Attempt::Blocked(row.try_get("retry_until").map_err(DbError::Query)?),
-        "locked" => Attempt::Locked,
-        _ => return Err(DbError::NoRow("login_attempt: unknown outcome")),
-    };
+    let attempt = attempt_from(&row, "login_attempt: unknown outcome")?;
     let id: Option<Uuid> = row.try_get("id").map_err(DbError::Query)?;
     let user = match id {
         None => None,

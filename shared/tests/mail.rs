@@ -6,6 +6,8 @@
 //! Without the two variables the tests fail, never skip: a mail test that passes without a
 //! mail server proves nothing.
 
+mod common;
+
 use shared::{
     config::Config,
     mail::{Envelope, MailError, Mailer, Notice},
@@ -26,16 +28,6 @@ const APP_URL: &str = "https://app.example.com";
 const PRODUCT: &str = "Acme Auth";
 /// Generous: a hang is what is tested, not speed.
 const DELIVERY: Duration = Duration::from_secs(10);
-
-fn required(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the mail tests need a real MailDev (run `make test`, or \
-             `scripts/maildev.sh start NAME SMTP_PORT WEB_PORT` and set TEST_SMTP_URL to its \
-             smtp://127.0.0.1:SMTP_PORT and TEST_MAILDEV_URL to its http://127.0.0.1:WEB_PORT)"
-        )
-    })
-}
 
 fn mailer(smtp_url: &str, smtp_timeout_ms: u64) -> Mailer {
     let timeout = smtp_timeout_ms.to_string();
@@ -71,35 +63,12 @@ fn recipient() -> String {
     format!("mail-{}@example.com", uuid::Uuid::new_v4().simple())
 }
 
-/// A GET over plain HTTP/1.0 (MailDev's REST API on loopback): the body.
-async fn get(base: &str, path: &str) -> String {
-    let url = url::Url::parse(base).expect("TEST_MAILDEV_URL is a URL");
-    let host = url.host_str().expect("TEST_MAILDEV_URL names a host");
-    let port = url.port_or_known_default().expect("a port");
-    let mut stream = TcpStream::connect((host, port))
-        .await
-        .unwrap_or_else(|e| panic!("MailDev's web port at {base} does not answer: {e}"));
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let response = String::from_utf8(response).expect("UTF-8");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
 /// The messages MailDev holds for `address`, waiting (bounded) for at least `count`.
 async fn inbox(address: &str, count: usize) -> Vec<serde_json::Value> {
-    let base = required("TEST_MAILDEV_URL");
     let started = Instant::now();
     loop {
         let all: serde_json::Value =
-            serde_json::from_str(&get(&base, "/api/email").await).expect("JSON");
+            serde_json::from_str(&common::maildev_get("/api/email").await).expect("JSON");
         let mine: Vec<serde_json::Value> = all
             .as_array()
             .expect("a list of messages")
@@ -127,7 +96,7 @@ fn text(message: &serde_json::Value, field: &str) -> String {
 
 #[tokio::test]
 async fn every_notice_arrives_with_both_parts_and_the_token_in_the_fragment() {
-    let mailer = mailer(&required("TEST_SMTP_URL"), 3_000);
+    let mailer = mailer(&common::required_env("TEST_SMTP_URL"), 3_000);
     let token = format!("tok_{}", uuid::Uuid::new_v4().simple());
     let cases = [
         (
@@ -208,11 +177,7 @@ async fn every_notice_arrives_with_both_parts_and_the_token_in_the_fragment() {
             }
         }
         // MailDev's JSON leaves the MIME structure out; the raw message has it.
-        let source = get(
-            &required("TEST_MAILDEV_URL"),
-            &format!("/api/email/{}/source", text(m, "id")),
-        )
-        .await;
+        let source = common::maildev_get(&format!("/api/email/{}/source", text(m, "id"))).await;
         for part in [
             "Content-Type: multipart/alternative",
             "Content-Type: text/plain; charset=utf-8",
@@ -225,7 +190,7 @@ async fn every_notice_arrives_with_both_parts_and_the_token_in_the_fragment() {
 
 #[tokio::test]
 async fn a_sealed_envelope_from_the_outbox_is_delivered_as_sealed() {
-    let mailer = mailer(&required("TEST_SMTP_URL"), 3_000);
+    let mailer = mailer(&common::required_env("TEST_SMTP_URL"), 3_000);
     let id = uuid::Uuid::new_v4();
     let to = recipient();
     let sealed = mailer.seal(
@@ -414,7 +379,7 @@ async fn pump(
 
 #[tokio::test]
 async fn a_pooled_connection_that_died_is_replaced_without_a_failed_delivery() {
-    let proxy = Proxy::start(&required("TEST_SMTP_URL")).await;
+    let proxy = Proxy::start(&common::required_env("TEST_SMTP_URL")).await;
     let mailer = mailer(&proxy.url, 3_000);
     let to = recipient();
     let envelope = |n: u32| Envelope {
@@ -445,7 +410,7 @@ async fn a_pooled_connection_that_died_is_replaced_without_a_failed_delivery() {
 
 #[tokio::test]
 async fn a_send_cut_off_mid_reply_leaves_no_connection_owing_a_reply_in_the_pool() {
-    let proxy = Proxy::start(&required("TEST_SMTP_URL")).await;
+    let proxy = Proxy::start(&common::required_env("TEST_SMTP_URL")).await;
     let mailer = mailer(&proxy.url, 3_000);
     let to = recipient();
     let envelope = |n: u32| Envelope {

@@ -36,7 +36,8 @@ pub enum MailAsk {
 }
 
 impl MailAsk {
-    fn route(self) -> &'static str {
+    /// The route's name in the logs, the audit and the address window.
+    pub fn route(self) -> &'static str {
         match self {
             MailAsk::PasswordReset => "password_forgot",
             MailAsk::Verification => "email_resend",

@@ -215,15 +215,7 @@ async fn mail_request(
     started: tokio::time::Instant,
 ) -> Response<Body> {
     let result = async {
-        auth::check_source_address(
-            state,
-            origin,
-            match ask {
-                auth::MailAsk::PasswordReset => "password_forgot",
-                auth::MailAsk::Verification => "email_resend",
-            },
-        )
-        .await?;
+        auth::check_source_address(state, origin, ask.route()).await?;
         let body = json_object(req)?;
         let email = string_field(&body, "email")?;
         auth::request_mail(state, ask, &email, origin, started).await

@@ -1,7 +1,7 @@
 //! The SQL of the account routes: link tokens, requested mails, password checks of a signed-in
 //! user, change, reset, deletion and the sessions list (migrations/V4).
 
-use super::{Attempt, LoginLimits, NewLink, Queued, User, int, user_from};
+use super::{Attempt, LoginLimits, NewLink, Queued, User, attempt_from, int, user_from};
 use crate::{
     db::{Db, DbError},
     email::Email,
@@ -309,13 +309,7 @@ pub async fn reauth_attempt(
         "session_ended" => return Ok(Err(Unauthorized::SessionEnded)),
         _ => return Err(DbError::NoRow("reauth_attempt: unknown state")),
     }
-    let outcome: String = row.try_get("outcome").map_err(DbError::Query)?;
-    let attempt = match outcome.as_str() {
-        "counted" => Attempt::Counted,
-        "blocked" => Attempt::Blocked(row.try_get("retry_until").map_err(DbError::Query)?),
-        "locked" => Attempt::Locked,
-        _ => return Err(DbError::NoRow("reauth_attempt: unknown outcome")),
-    };
+    let attempt = attempt_from(&row, "reauth_attempt: unknown outcome")?;
     Ok(Ok(Reauth {
         attempt,
         email: row.try_get("email").map_err(DbError::Query)?,

@@ -826,3 +826,54 @@ async fn grants_refuse_a_role_that_could_still_change_the_schema_and_change_noth
 
     psql(&url, &format!("DROP ROLE {role}"));
 }
+
+/// The system roots are looked up lazily in OpenSSL's hashed directory (`shared::tls`): a CA
+/// linked there under its subject hash is trusted with no `sslrootcert`, and nothing else is.
+/// Against the TLS cluster `make test` names in `FAULT_PG`.
+#[test]
+fn system_roots_are_found_in_a_hashed_certificate_directory() {
+    let spec =
+        std::env::var("FAULT_PG").expect("FAULT_PG names the TLS cluster `make test` starts");
+    let (name, port) = spec.split_once(' ').expect("FAULT_PG is \"NAME PORT\"");
+    let pg_sh = |args: &[&str]| {
+        let out = Command::new("../scripts/pg.sh")
+            .args(args)
+            .output()
+            .expect("pg.sh runs");
+        assert!(out.status.success(), "pg.sh {args:?}: {}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    };
+    let ca = pg_sh(&["ca", name, port]);
+    let mut url = url::Url::parse(&pg_sh(&["url", name, port, "postgres"])).expect("url");
+    // The server's certificate names localhost.
+    url.set_host(Some("localhost")).expect("host");
+    url.set_query(Some("sslmode=verify-full"));
+    let hash = Command::new("openssl")
+        .args(["x509", "-hash", "-noout", "-in", &ca])
+        .output()
+        .expect("openssl runs");
+    let hash = stdout(&hash).trim().to_owned();
+    assert_eq!(hash.len(), 8, "subject hash {hash:?}");
+    let with_ca = std::env::temp_dir().join(format!("roots-{}", uuid::Uuid::new_v4().simple()));
+    let without_ca = with_ca.with_extension("other");
+    std::fs::create_dir_all(&with_ca).expect("dir");
+    std::fs::create_dir_all(&without_ca).expect("dir");
+    std::fs::copy(&ca, with_ca.join(format!("{hash}.0"))).expect("link the CA");
+    std::fs::write(without_ca.join("00000000.0"), b"").expect("a hashed directory without it");
+    let status = |dir: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_authctl"))
+            .arg("status")
+            .env("DATABASE_URL", url.as_str())
+            .env("SSL_CERT_DIR", dir)
+            .env_remove("PGSSLROOTCERT")
+            .output()
+            .expect("authctl runs")
+    };
+    let trusted = status(&with_ca);
+    assert!(trusted.status.success(), "{}", text(&trusted));
+    let untrusted = status(&without_ca);
+    assert!(!untrusted.status.success(), "{}", text(&untrusted));
+    for dir in [with_ca, without_ca] {
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+}

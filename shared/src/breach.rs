@@ -9,7 +9,7 @@
 //! never the password, the hash or its prefix.
 //!
 //! HTTP/1.1 is hyper's low-level client and TLS is native-tls: both are already in every
-//! function's build (lambda_runtime, postgres-native-tls), so this adds no second stack.
+//! function's build (lambda_runtime; native-tls over the OpenSSL of shared::tls), so this adds no second stack.
 
 use crate::{
     config::{BreachCheck, BreachSettings},

@@ -1,5 +1,5 @@
 //! The database connection: a deadpool-postgres pool built once per cold start, TLS through
-//! postgres-native-tls whenever the URL asks for it, libpq URL conventions that tokio-postgres
+//! [`crate::tls`] (OpenSSL) whenever the URL asks for it, libpq URL conventions that tokio-postgres
 //! lacks (`sslmode=verify-ca|verify-full`, `sslrootcert`), one bounded deadline per call, and
 //! one retry on a fresh connection when the old one turned out to be dead (a frozen Lambda's
 //! socket, a Neon compute that scaled to zero, a restarted server).
@@ -20,7 +20,7 @@ use std::{
 use tokio::time::{Instant, timeout_at};
 use tokio_postgres::{
     Row,
-    config::SslMode,
+    config::{SslMode, SslNegotiation},
     error::SqlState,
     types::{ToSql, Type},
 };
@@ -162,52 +162,28 @@ fn is_local_host(host: &tokio_postgres::config::Host) -> bool {
     }
 }
 
-fn tls_connector(tls: &TlsSettings) -> Result<postgres_native_tls::MakeTlsConnector, ConfigError> {
+fn tls_connector(
+    tls: &TlsSettings,
+    direct: bool,
+) -> Result<crate::tls::MakeConnector, ConfigError> {
+    use crate::tls::SetupError;
     let bad = |variable: &'static str, problem: &str| ConfigError {
         variable,
         problem: problem.to_owned(),
     };
-    let mut builder = native_tls::TlsConnector::builder();
-    builder.danger_accept_invalid_hostnames(!tls.verify_hostname);
-    if let Some(path) = &tls.root_cert {
-        let pem = std::fs::read(path)
-            .map_err(|_| bad("PGSSLROOTCERT", "names a file that cannot be read"))?;
-        let mut found = 0;
-        for block in split_pem_certificates(&pem) {
-            let cert = native_tls::Certificate::from_pem(block)
-                .map_err(|_| bad("PGSSLROOTCERT", "holds a certificate that cannot be parsed"))?;
-            builder.add_root_certificate(cert);
-            found += 1;
+    crate::tls::MakeConnector::new(&crate::tls::Settings {
+        root_cert: tls.root_cert.clone(),
+        verify_hostname: tls.verify_hostname,
+        direct,
+    })
+    .map_err(|error| match error {
+        SetupError::RootUnreadable => bad("PGSSLROOTCERT", "names a file that cannot be read"),
+        SetupError::RootUnparsable => {
+            bad("PGSSLROOTCERT", "holds a certificate that cannot be parsed")
         }
-        if found == 0 {
-            return Err(bad("PGSSLROOTCERT", "holds no PEM certificate"));
-        }
-        builder.disable_built_in_roots(true);
-    }
-    let connector = builder
-        .build()
-        .map_err(|_| bad("DATABASE_URL", "TLS could not be set up"))?;
-    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
-}
-
-/// Splits a PEM bundle into its certificates (native-tls reads one at a time).
-fn split_pem_certificates(pem: &[u8]) -> Vec<&[u8]> {
-    const END: &[u8] = b"-----END CERTIFICATE-----";
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some(start) = find(rest, b"-----BEGIN CERTIFICATE-----") {
-        let Some(end) = find(&rest[start..], END) else {
-            break;
-        };
-        let stop = start + end + END.len();
-        out.push(&rest[start..stop]);
-        rest = &rest[stop..];
-    }
-    out
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+        SetupError::RootEmpty => bad("PGSSLROOTCERT", "holds no PEM certificate"),
+        SetupError::Library => bad("DATABASE_URL", "TLS could not be set up"),
+    })
 }
 
 /// The pool and the per-call deadline. Cheap to clone.
@@ -261,7 +237,8 @@ impl Db {
             recycling_method: RecyclingMethod::Fast,
         };
         let manager = if settings.tls.enabled {
-            Manager::from_config(pg, tls_connector(&settings.tls)?, manager_config)
+            let direct = pg.get_ssl_negotiation() == SslNegotiation::Direct;
+            Manager::from_config(pg, tls_connector(&settings.tls, direct)?, manager_config)
         } else {
             Manager::from_config(pg, tokio_postgres::NoTls, manager_config)
         };
@@ -498,17 +475,6 @@ mod tests {
             assert_eq!(e.variable, "DATABASE_URL");
             assert!(!e.to_string().contains("u:p"), "{e}");
         }
-    }
-
-    #[test]
-    fn pem_bundles_are_split_into_certificates() {
-        let pem = b"junk\n-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
-        let certs = split_pem_certificates(pem);
-        assert_eq!(certs.len(), 2);
-        assert!(
-            certs[1].starts_with(b"-----BEGIN") && certs[1].ends_with(b"-----END CERTIFICATE-----")
-        );
-        assert!(split_pem_certificates(b"nothing").is_empty());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod refresh;
 pub mod schema;
 pub mod secrets;
 pub mod store;
+pub mod tls;
 pub mod token;
 
 use chrono::{DateTime, Utc};

@@ -223,6 +223,7 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         "auth_delete_user",
         "auth_revoke_session",
         "auth_mail_claim",
+        "auth_window",
     ] {
         let found = client
             .query_one(

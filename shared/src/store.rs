@@ -12,8 +12,11 @@ use uuid::Uuid;
 
 mod account;
 mod outbox;
+mod window;
 pub use account::*;
 pub use outbox::*;
+pub use window::{Limited, Window};
+use window::{counted, windowed};
 
 /// A user as stored, without the password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +55,16 @@ impl std::fmt::Debug for UserWithHash {
 pub enum InsertError {
     /// The normalized email is taken.
     EmailTaken,
+    /// The source network's window is full: nothing was written but the refusal's audit row.
+    Limited(Limited),
     /// The database failed.
     Db(DbError),
+}
+
+impl From<DbError> for InsertError {
+    fn from(error: DbError) -> Self {
+        Self::Db(error)
+    }
 }
 
 fn user_from(row: &Row) -> Result<User, DbError> {
@@ -92,15 +103,18 @@ pub struct NewLink<'a> {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Inserts a new user and forgets any failed logins of its email from before it existed, so
-/// that nobody can lock an address before its owner registers it. Race-safe: there is no select first; the unique index decides, and
-/// its violation (SQLSTATE 23505) is `EmailTaken`. The id is chosen here so that a retry after
-/// a lost connection can recognize its own, already committed row instead of calling it taken.
+/// Inserts a new user, counted in its source network's window by the same statement, and
+/// forgets any failed logins of its email from before it existed, so that nobody can lock an
+/// address before its owner registers it. Race-safe: there is no select first; the unique
+/// index decides (`ON CONFLICT DO NOTHING`: `EmailTaken`). The id is chosen here so that a
+/// retry after a lost connection can recognize its own, already committed row instead of
+/// calling it taken.
 ///
 /// With `verification` (mail on), the same statement stores the verification link and queues
 /// its message.
 pub async fn insert_user(
     db: &Db,
+    window: &Window<'_>,
     email: &Email,
     hashed_password: &str,
     origin: &Origin,
@@ -109,22 +123,30 @@ pub async fn insert_user(
 ) -> Result<User, InsertError> {
     let id = Uuid::new_v4();
     let (link, queued) = verification.unzip();
-    let inserted = db
+    // A taken address inserts nothing (no unique violation, so the window's count stands);
+    // `mine` finds this call's own row when a retry follows a commit whose answer was lost.
+    let row = db
         .query_opt(
-            "WITH u AS (INSERT INTO users (id, email, hashed_password, created_at, updated_at) \
-                        VALUES ($1, $2, $3, $4, $4) \
-                        RETURNING id, email, is_active, created_at, false AS email_verified), \
+            windowed!(
+                ", u AS (INSERT INTO users (id, email, hashed_password, created_at, updated_at) \
+                         SELECT $7, $8, $9, $10, $10 FROM w WHERE w.wait IS NULL \
+                         ON CONFLICT (email) DO NOTHING \
+                         RETURNING id, email, is_active, created_at, false AS email_verified), \
                   e AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent) \
-                        SELECT $4, v.event, u.id, $5, $6 \
+                        SELECT $10, v.event, u.id, $11, $12 \
                         FROM u, (VALUES (1, 'user.registered'), (2, 'email.verification_sent')) v (n, event) \
-                        WHERE v.n = 1 OR $11::bytea IS NOT NULL ORDER BY v.n), \
-                  t AS (DELETE FROM login_throttle WHERE account = $7 AND EXISTS (SELECT 1 FROM u)), \
+                        WHERE v.n = 1 OR $17::bytea IS NOT NULL ORDER BY v.n), \
+                  t AS (DELETE FROM login_throttle WHERE account = $13 AND EXISTS (SELECT 1 FROM u)), \
                   l AS (INSERT INTO link_tokens (hash, user_id, purpose, created_at, expires_at) \
-                        SELECT $8, id, 'verify_email', $4, $9 FROM u WHERE $8::bytea IS NOT NULL), \
+                        SELECT $14, id, 'verify_email', $10, $15 FROM u WHERE $14::bytea IS NOT NULL), \
                   o AS (INSERT INTO outbox (id, user_id, kind, sealed, attempts, next_attempt_at, created_at) \
-                        SELECT $10, id, $13, $11, 1, $12, $4 FROM u WHERE $11::bytea IS NOT NULL) \
-             SELECT id, email, is_active, created_at, email_verified FROM u",
-            &[
+                        SELECT $16, id, $19, $17, 1, $18, $10 FROM u WHERE $17::bytea IS NOT NULL), \
+                  mine AS (SELECT id, email, is_active, created_at, email_verified_at IS NOT NULL AS email_verified \
+                           FROM users WHERE id = $7) \
+             SELECT w.wait, r.id, r.email, r.is_active, r.created_at, r.email_verified \
+             FROM w LEFT JOIN (SELECT * FROM u UNION ALL SELECT * FROM mine) r ON true"
+            ),
+            &window.with(&[
                 (&id, Type::UUID),
                 (&email.as_str(), Type::TEXT),
                 (&hashed_password, Type::TEXT),
@@ -138,19 +160,17 @@ pub async fn insert_user(
                 (&queued.map(|q| q.sealed), Type::BYTEA),
                 (&queued.map(|q| q.lease_until), Type::TIMESTAMPTZ),
                 (&queued.map(|q| q.kind), Type::TEXT),
-            ],
+            ]),
         )
         .await;
-    match inserted {
-        Ok(Some(row)) => user_from(&row).map_err(InsertError::Db),
-        Ok(None) => Err(InsertError::Db(DbError::NoRow("insert_user"))),
-        Err(DbError::UniqueViolation { retried: true, .. }) => match find_by_id(db, id).await {
-            Ok(Some(user)) if user.email == email.as_str() => Ok(user),
-            Ok(_) => Err(InsertError::EmailTaken),
-            Err(e) => Err(InsertError::Db(e)),
-        },
-        Err(DbError::UniqueViolation { .. }) => Err(InsertError::EmailTaken),
-        Err(e) => Err(InsertError::Db(e)),
+    let row = row?.ok_or(DbError::NoRow("insert_user"))?;
+    counted(&row)?.map_err(InsertError::Limited)?;
+    match row
+        .try_get::<_, Option<Uuid>>("id")
+        .map_err(DbError::Query)?
+    {
+        None => Err(InsertError::EmailTaken),
+        Some(_) => Ok(user_from(&row)?),
     }
 }
 
@@ -207,28 +227,34 @@ fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// What login needs, in one round trip and atomically (`auth_login_attempt` in migrations/V3):
-/// the account with this normalized email (if the email is valid and the account exists), and
+/// What login needs, in one round trip and atomically (`auth_login_attempt` in migrations/V3,
+/// behind the source network's window): the account with this normalized email (if the email is valid and the account exists), and
 /// the attempt counted against the account's and the source network's backoff unless either
 /// is waiting or the account is locked. `attempt` names this attempt, so a retry after a lost
 /// answer is not counted twice.
 #[allow(clippy::too_many_arguments)]
 pub async fn login_attempt(
     db: &Db,
+    window: &Window<'_>,
     email: Option<&Email>,
     account: &[u8],
     network: &str,
     attempt: Uuid,
     limits: LoginLimits,
     now: DateTime<Utc>,
-) -> Result<(Option<UserWithHash>, Attempt), DbError> {
+) -> Result<Result<(Option<UserWithHash>, Attempt), Limited>, DbError> {
     let email = email.map(Email::as_str);
     let row = db
         .query_opt(
-            "SELECT a.outcome, a.retry_until, a.id, a.email, a.is_active, a.created_at, a.hashed_password, \
-                    (SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = a.id) AS email_verified \
-             FROM auth_login_attempt($1, $2, $3, $4, $5, $6, $7, $8, $9) a",
-            &[
+            windowed!(
+                " SELECT w.wait, a.outcome, a.retry_until, a.id, a.email, a.is_active, a.created_at, \
+                        a.hashed_password, \
+                        (SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = a.id) AS email_verified \
+                 FROM w LEFT JOIN LATERAL \
+                      (SELECT * FROM auth_login_attempt($7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                       WHERE w.wait IS NULL OFFSET 0) a ON true"
+            ),
+            &window.with(&[
                 (&email, Type::TEXT),
                 (&account, Type::BYTEA),
                 (&network, Type::TEXT),
@@ -238,10 +264,13 @@ pub async fn login_attempt(
                 (&int(limits.lock_after), Type::INT4),
                 (&limits.max_secs, Type::FLOAT8),
                 (&now, Type::TIMESTAMPTZ),
-            ],
+            ]),
         )
         .await?
         .ok_or(DbError::NoRow("login_attempt"))?;
+    if let Err(limited) = counted(&row)? {
+        return Ok(Err(limited));
+    }
     let attempt = attempt_from(&row, "login_attempt: unknown outcome")?;
     let id: Option<Uuid> = row.try_get("id").map_err(DbError::Query)?;
     let user = match id {
@@ -251,7 +280,7 @@ pub async fn login_attempt(
             hashed_password: row.try_get("hashed_password").map_err(DbError::Query)?,
         }),
     };
-    Ok((user, attempt))
+    Ok(Ok((user, attempt)))
 }
 
 /// Lifts the lock and every backoff of the account with this email (`authctl unlock`; a
@@ -426,6 +455,37 @@ pub async fn audit(
     Ok(())
 }
 
+/// A refused request's audit row on a route guarded by the window, counted in it by the same
+/// statement: when the window is full, the refusal recorded is the window's instead. Never
+/// retried, as [`audit`].
+pub async fn refuse(
+    db: &Db,
+    window: &Window<'_>,
+    event: &AuditEvent<'_>,
+    origin: &Origin,
+) -> Result<Result<(), Limited>, DbError> {
+    let source = origin.refusal_source();
+    let rows = db
+        .query_once(
+            windowed!(
+                " SELECT w.wait FROM w LEFT JOIN LATERAL \
+                      (SELECT auth_refusal($7, $8, $9, $10, $11, $12, $13) WHERE w.wait IS NULL OFFSET 0) a \
+                  ON true"
+            ),
+            &window.with(&[
+                (&window.now(), Type::TIMESTAMPTZ),
+                (&event.event, Type::TEXT),
+                (&event.reason, Type::TEXT),
+                (&event.user_id, Type::UUID),
+                (&event.session_id, Type::UUID),
+                (&source, Type::TEXT),
+                (&origin.user_agent, Type::TEXT),
+            ]),
+        )
+        .await?;
+    counted(rows.first().ok_or(DbError::NoRow("refuse"))?)
+}
+
 /// How an access token's user and session stand, read in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionUser {
@@ -578,20 +638,26 @@ pub struct Refreshed {
 #[allow(clippy::too_many_arguments)]
 pub async fn refresh(
     db: &Db,
+    window: &Window<'_>,
     hash: &[u8],
     successor_hash: &[u8],
     now: DateTime<Utc>,
     grace_secs: f64,
     idle_secs: f64,
     origin: &Origin,
-) -> Result<Refreshed, DbError> {
+) -> Result<Result<Refreshed, Limited>, DbError> {
     let row = db
         .query_opt(
-            "SELECT r.outcome, r.session_id, r.user_id, \
-                    coalesce((SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = r.user_id), false) \
-                        AS email_verified \
-             FROM auth_refresh($1, $2, $3, make_interval(secs => $4), make_interval(secs => $5), $6, $7, $8) r",
-            &[
+            windowed!(
+                " SELECT w.wait, r.outcome, r.session_id, r.user_id, \
+                        coalesce((SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = r.user_id), false) \
+                            AS email_verified \
+                 FROM w LEFT JOIN LATERAL \
+                      (SELECT * FROM auth_refresh($7, $8, $9, make_interval(secs => $10), \
+                                                  make_interval(secs => $11), $12, $13, $14) \
+                       WHERE w.wait IS NULL OFFSET 0) r ON true"
+            ),
+            &window.with(&[
                 (&hash, Type::BYTEA),
                 (&successor_hash, Type::BYTEA),
                 (&now, Type::TIMESTAMPTZ),
@@ -600,44 +666,32 @@ pub async fn refresh(
                 (&origin.source_ip, Type::TEXT),
                 (&origin.refusal_source(), Type::TEXT),
                 (&origin.user_agent, Type::TEXT),
-            ],
+            ]),
         )
         .await?
         .ok_or(DbError::NoRow("refresh"))?;
+    if let Err(limited) = counted(&row)? {
+        return Ok(Err(limited));
+    }
     let outcome: String = row.try_get("outcome").map_err(DbError::Query)?;
-    Ok(Refreshed {
+    Ok(Ok(Refreshed {
         outcome: RefreshOutcome::parse(&outcome)?,
         session_id: row.try_get("session_id").map_err(DbError::Query)?,
         user_id: row.try_get("user_id").map_err(DbError::Query)?,
         email_verified: row.try_get("email_verified").map_err(DbError::Query)?,
-    })
+    }))
 }
 
 /// Counts a request against its source network's sliding one-minute window (the IPv4
-/// address, or the IPv6 /64), unless the window is full; then returns the seconds until a slot
-/// frees. `request` names the request, so a retry after a lost answer is not counted twice.
-pub async fn ip_allow(
-    db: &Db,
-    network: &str,
-    limit: u32,
-    request: Uuid,
-    now: DateTime<Utc>,
-) -> Result<Option<u64>, DbError> {
+/// address, or the IPv6 /64), unless the window is full; then the refusal's audit row is
+/// written. For the requests whose route has no statement of its own to carry the window (the
+/// bearer routes' refusals); the others pass their [`Window`] to their statement.
+pub async fn window(db: &Db, window: &Window<'_>) -> Result<Result<(), Limited>, DbError> {
     let row = db
-        .query_opt(
-            "SELECT allowed, retry_after_secs FROM auth_ip_allow($1, $2, $3, $4)",
-            &[
-                (&network, Type::TEXT),
-                (&int(limit), Type::INT4),
-                (&now, Type::TIMESTAMPTZ),
-                (&request, Type::UUID),
-            ],
-        )
+        .query_opt(windowed!(" SELECT w.wait FROM w"), &window.with(&[]))
         .await?
-        .ok_or(DbError::NoRow("ip_allow"))?;
-    let allowed: bool = row.try_get("allowed").map_err(DbError::Query)?;
-    let wait: i32 = row.try_get("retry_after_secs").map_err(DbError::Query)?;
-    Ok((!allowed).then(|| u64::try_from(wait.max(1)).unwrap_or(1)))
+        .ok_or(DbError::NoRow("window"))?;
+    counted(&row)
 }
 
 /// One row of the audit log.

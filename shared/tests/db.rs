@@ -254,11 +254,14 @@ async fn a_login_upgrades_a_hash_weaker_than_the_configured_parameters() {
         .hash(&NewPassword::parse(STRONG_PASSWORD, &email, 12).expect("pw"))
         .await
         .expect("hash");
+    let origin = shared::origin::Origin::default();
+    let window = store::Window::new(&origin, 0, "register", chrono::Utc::now());
     let user = store::insert_user(
         &state.db,
+        &window,
         &email,
         &old,
-        &shared::origin::Origin::default(),
+        &origin,
         chrono::Utc::now(),
         None,
     )

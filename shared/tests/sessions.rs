@@ -553,3 +553,96 @@ async fn parallel_guesses_cannot_slip_past_the_backoff() {
         "only LOGIN_BACKOFF_AFTER guesses were checked"
     );
 }
+
+/// Everything a request could change, but the window's own rows and audit.
+async fn counts(db: &tokio_postgres::Client) -> Vec<i64> {
+    let row = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM users), \
+                    (SELECT coalesce(sum(failures), 0)::bigint FROM login_throttle), \
+                    (SELECT count(*) FROM login_throttle), \
+                    (SELECT count(*) FROM sessions), \
+                    (SELECT count(*) FROM refresh_tokens), \
+                    (SELECT count(*) FROM refresh_tokens WHERE rotated_at IS NOT NULL), \
+                    (SELECT count(*) FROM auth_events WHERE event <> 'rate_limit.exceeded')",
+            &[],
+        )
+        .await
+        .expect("counts");
+    (0..7).map(|i| row.get(i)).collect()
+}
+
+/// The window is checked by the statement that does each route's work: over it, that work is
+/// not done at all (no user, no counted guess, no rotation, no audit row but the window's).
+#[tokio::test]
+async fn a_request_over_the_window_changes_nothing_but_the_windows_audit() {
+    let state = fresh_state(&[("IP_RATE_LIMIT_PER_MINUTE", "3")]).await;
+    let db = psql(&state).await;
+    let from = Origin {
+        source_ip: Some("203.0.113.9".into()),
+        user_agent: None,
+    };
+    let email = unique_email();
+    auth::register(&state, creds(&email, STRONG_PASSWORD), &from)
+        .await
+        .expect("register, counted");
+    let tokens = auth::login(&state, creds(&email, STRONG_PASSWORD), &from)
+        .await
+        .expect("login, counted");
+    auth::check_source_address(&state, &from, "login")
+        .await
+        .expect("the third, counted");
+    let before = counts(&db).await;
+    let over = |result: Result<(), AuthError>, what: &str| match result {
+        Err(AuthError::TooManyRequests { retry_after_secs }) => {
+            assert!(
+                (1..=60).contains(&retry_after_secs),
+                "{what}: {retry_after_secs}"
+            )
+        }
+        other => panic!("{what}: {other:?}"),
+    };
+    over(
+        auth::register(&state, creds(&unique_email(), STRONG_PASSWORD), &from)
+            .await
+            .map(drop),
+        "register",
+    );
+    over(
+        auth::register(&state, creds("not an email", STRONG_PASSWORD), &from)
+            .await
+            .map(drop),
+        "register, refused before the insert",
+    );
+    over(
+        auth::login(&state, creds(&email, "wrong password, uncounted"), &from)
+            .await
+            .map(drop),
+        "login",
+    );
+    over(
+        auth::refresh(&state, &tokens.refresh_token, &from)
+            .await
+            .map(drop),
+        "refresh",
+    );
+    over(
+        auth::refresh(&state, "garbage", &from).await.map(drop),
+        "refresh of a malformed token",
+    );
+    assert_eq!(counts(&db).await, before, "nothing changed");
+    let refusals: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(count), 0)::bigint FROM auth_events \
+             WHERE event = 'rate_limit.exceeded' AND source_ip = '203.0.113.9'",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(refusals, 5, "each refusal audited once, by the window");
+    // The refresh token was not rotated by the refused refresh: it still works elsewhere.
+    auth::refresh(&state, &tokens.refresh_token, &nobody())
+        .await
+        .expect("the token was left alone");
+}

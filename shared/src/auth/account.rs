@@ -16,7 +16,7 @@ use crate::{
     refresh,
     store::{
         self, Attempt, AuditEvent, LinkPurpose, LinkRefusal, MailLimits, MailRequest, NewLink,
-        SessionInfo, SessionUser, Unauthorized, User,
+        SessionInfo, SessionUser, Unauthorized, User, Window,
     },
     token::AccessToken,
 };
@@ -63,6 +63,19 @@ fn link_reason(refusal: LinkRefusal) -> &'static str {
 async fn refuse_link(state: &AppState, event: &'static str, reason: &'static str, origin: &Origin) {
     tracing::info!(event, reason);
     audit(state, AuditEvent::refusal(event, reason), origin).await;
+}
+
+/// A link token that does not even decode, refused before any other database work: its
+/// statement is the one the window counts.
+async fn malformed_link(
+    state: &AppState,
+    window: &Window<'_>,
+    event: &'static str,
+    origin: &Origin,
+) -> AuthError {
+    tracing::info!(event, reason = "malformed");
+    let refusal = AuditEvent::refusal(event, "malformed");
+    super::refused(state, window, refusal, AuthError::LinkInvalid, origin).await
 }
 
 /// A fresh link token: the raw token for the message and its hash for the store.
@@ -120,8 +133,10 @@ pub async fn request_mail(
         interval_secs: settings.resend_interval.as_secs_f64(),
         per_hour: settings.max_per_hour,
     };
+    let window = super::window(state, origin, ask.route());
     let outcome = store::mail_request(
         &state.db,
+        &window,
         purpose,
         &recipient,
         email.as_ref(),
@@ -177,12 +192,22 @@ pub async fn verify_email(
     origin: &Origin,
 ) -> Result<User, AuthError> {
     const EVENT: &str = "email.verify_failed";
+    let window = super::window(state, origin, "email_verify");
     let Some(raw) = refresh::decode(token) else {
-        refuse_link(state, EVENT, "malformed", origin).await;
-        return Err(AuthError::LinkInvalid);
+        return Err(malformed_link(state, &window, EVENT, origin).await);
     };
     let now = state.now();
-    match store::verify_email(&state.db, &refresh::hash(&raw), now, Uuid::new_v4(), origin).await? {
+    let verified = store::verify_email(
+        &state.db,
+        &window,
+        &refresh::hash(&raw),
+        now,
+        Uuid::new_v4(),
+        origin,
+    )
+    .await?
+    .map_err(|over| super::limited(&window, over))?;
+    match verified {
         Ok(user) => {
             tracing::info!(event = "email.verified", user_id = %user.id);
             Ok(user)
@@ -205,13 +230,18 @@ pub async fn reset_password(
     origin: &Origin,
 ) -> Result<(), AuthError> {
     const EVENT: &str = "password.reset_failed";
+    let window = super::window(state, origin, "password_reset");
     let Some(raw) = refresh::decode(token) else {
-        refuse_link(state, EVENT, "malformed", origin).await;
-        return Err(AuthError::LinkInvalid);
+        return Err(malformed_link(state, &window, EVENT, origin).await);
     };
     let hash = refresh::hash(&raw);
     let now = state.now();
-    let holder = match store::link_state(&state.db, &hash, LinkPurpose::ResetPassword, now).await? {
+    // The first of reset's two round trips: the new password is checked against the holder's
+    // address, and hashed, between reading the link and using it.
+    let holder = store::link_state(&state.db, &window, &hash, LinkPurpose::ResetPassword, now)
+        .await?
+        .map_err(|over| super::limited(&window, over))?;
+    let holder = match holder {
         Ok(holder) => holder,
         Err(refusal) => {
             refuse_link(state, EVENT, link_reason(refusal), origin).await;

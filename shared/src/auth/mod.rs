@@ -16,8 +16,8 @@ use crate::{
     password::{self, NewPassword},
     refresh,
     store::{
-        self, Attempt, AuditEvent, InsertError, LoginLimits, NewLink, RefreshOutcome, SessionUser,
-        User,
+        self, Attempt, AuditEvent, InsertError, Limited, LoginLimits, NewLink, RefreshOutcome,
+        SessionUser, User, Window,
     },
     token::{AccessToken, IssuedToken, TokenRejection},
 };
@@ -78,31 +78,58 @@ fn seconds_until(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
     u64::try_from(millis).unwrap_or(0).div_ceil(1000).max(1)
 }
 
-/// The per-source-network window shared by register, login and refresh, and by the refusals
-/// of the bearer routes. A request it rejects is not counted.
+/// A request's place in its source network's window (docs/api.md "Limits against guessing"),
+/// counted by the statement that does the route's work, so that it costs no round trip.
+fn window<'a>(state: &AppState, origin: &'a Origin, route: &'static str) -> Window<'a> {
+    Window::new(
+        origin,
+        state.config.ip_rate_limit_per_minute,
+        route,
+        state.now(),
+    )
+}
+
+/// The window's refusal, logged; the statement that found the window full wrote its audit row.
+fn limited(window: &Window<'_>, Limited(retry_after_secs): Limited) -> AuthError {
+    tracing::info!(
+        event = "rate_limit.exceeded",
+        route = window.route(),
+        retry_after_secs
+    );
+    AuthError::TooManyRequests { retry_after_secs }
+}
+
+/// A request refused before any other database work, on a route the window guards: its audit
+/// row and the window's count are one statement, and over the window the answer is the
+/// window's `429`. A database that cannot be reached for it leaves `error` standing.
+async fn refused(
+    state: &AppState,
+    window: &Window<'_>,
+    event: AuditEvent<'_>,
+    error: AuthError,
+    origin: &Origin,
+) -> AuthError {
+    match store::refuse(&state.db, window, &event, origin).await {
+        Ok(Ok(())) => error,
+        Ok(Err(over)) => limited(window, over),
+        Err(db_error) => {
+            tracing::warn!(audit_event = event.event, error = ?db_error, "audit row not written");
+            error
+        }
+    }
+}
+
+/// The source network's window alone, for a request with no statement of its own to count it
+/// in. A request it rejects is not counted.
 pub async fn check_source_address(
     state: &AppState,
     origin: &Origin,
     route: &'static str,
 ) -> Result<(), AuthError> {
-    let limit = state.config.ip_rate_limit_per_minute;
-    if origin.source_ip.is_none() || limit == 0 {
-        return Ok(());
-    }
-    let now = state.now();
-    match store::ip_allow(&state.db, &origin.network(), limit, Uuid::new_v4(), now).await? {
-        None => Ok(()),
-        Some(retry_after_secs) => {
-            tracing::info!(event = "rate_limit.exceeded", route, retry_after_secs);
-            audit(
-                state,
-                AuditEvent::refusal("rate_limit.exceeded", route),
-                origin,
-            )
-            .await;
-            Err(AuthError::TooManyRequests { retry_after_secs })
-        }
-    }
+    let window = window(state, origin, route);
+    store::window(&state.db, &window)
+        .await?
+        .map_err(|over| limited(&window, over))
 }
 
 /// Registers a new account: validates the email and the password, hashes the password and
@@ -112,20 +139,17 @@ pub async fn register(
     credentials: Credentials,
     origin: &Origin,
 ) -> Result<User, AuthError> {
+    let window = &window(state, origin, "register");
     let parsed = Email::parse(&credentials.email);
     let masked = parsed
         .as_ref()
         .map_or_else(|_| "***".to_owned(), Email::masked);
     let masked = &masked;
+    // Refused before the insert: the refusal's statement is the one the window counts.
     let rejected = |reason: &'static str, error: AuthError| async move {
         tracing::info!(event = "register.rejected", reason, email = %masked);
-        audit(
-            state,
-            AuditEvent::refusal("register.rejected", reason),
-            origin,
-        )
-        .await;
-        error
+        let event = AuditEvent::refusal("register.rejected", reason);
+        refused(state, window, event, error, origin).await
     };
     let email = match parsed {
         Ok(email) => email,
@@ -170,7 +194,7 @@ pub async fn register(
             prepared.queued(state, now),
         )
     });
-    match store::insert_user(&state.db, &email, &hash, origin, now, stored).await {
+    match store::insert_user(&state.db, window, &email, &hash, origin, now, stored).await {
         Ok(user) => {
             tracing::info!(event = "user.registered", user_id = %user.id, email = %email.masked());
             if let Some((mailer, _, prepared)) = &verification {
@@ -178,7 +202,14 @@ pub async fn register(
             }
             Ok(user)
         }
-        Err(InsertError::EmailTaken) => Err(rejected("email_taken", AuthError::EmailTaken).await),
+        Err(InsertError::EmailTaken) => {
+            // The insert was counted in the window already.
+            tracing::info!(event = "register.rejected", reason = "email_taken", email = %masked);
+            let event = AuditEvent::refusal("register.rejected", "email_taken");
+            audit(state, event, origin).await;
+            Err(AuthError::EmailTaken)
+        }
+        Err(InsertError::Limited(over)) => Err(limited(window, over)),
         Err(InsertError::Db(e)) => Err(e.into()),
     }
 }
@@ -199,8 +230,10 @@ pub async fn login(
     let network = origin.network();
     let config = &state.config;
     let limits = login_limits(config);
+    let window = window(state, origin, "login");
     let (found, attempt) = store::login_attempt(
         &state.db,
+        &window,
         email.as_ref(),
         &account,
         &network,
@@ -208,7 +241,8 @@ pub async fn login(
         limits,
         now,
     )
-    .await?;
+    .await?
+    .map_err(|over| limited(&window, over))?;
     let masked = email
         .as_ref()
         .map_or_else(|| "***".to_owned(), Email::masked);
@@ -349,19 +383,16 @@ pub async fn refresh(
     origin: &Origin,
 ) -> Result<Tokens, AuthError> {
     let now = state.now();
+    let window = window(state, origin, "refresh");
     let Some(raw) = refresh::decode(refresh_token) else {
         tracing::info!(event = "refresh.failed", reason = "malformed");
-        audit(
-            state,
-            AuditEvent::refusal("refresh.failed", "malformed"),
-            origin,
-        )
-        .await;
-        return Err(AuthError::InvalidToken);
+        let event = AuditEvent::refusal("refresh.failed", "malformed");
+        return Err(refused(state, &window, event, AuthError::InvalidToken, origin).await);
     };
     let next = refresh::successor(state.refresh_key()?, &raw);
     let refreshed = store::refresh(
         &state.db,
+        &window,
         &refresh::hash(&raw),
         &refresh::hash(&next),
         now,
@@ -369,7 +400,8 @@ pub async fn refresh(
         state.config.session_idle.as_secs_f64(),
         origin,
     )
-    .await?;
+    .await?
+    .map_err(|over| limited(&window, over))?;
     let user = refreshed.user_id.map(tracing::field::display);
     let session = refreshed.session_id.map(tracing::field::display);
     match (refreshed.outcome, refreshed.user_id, refreshed.session_id) {
@@ -420,21 +452,16 @@ async fn refuse(
     error: AuthError,
     origin: &Origin,
 ) -> AuthError {
-    // The window can only turn the refusal into a 429: a database that cannot be reached for
-    // it leaves the 401 standing.
-    if let Err(limited @ AuthError::TooManyRequests { .. }) =
-        check_source_address(state, origin, route).await
-    {
-        return limited;
+    let answer = refused(state, &window(state, origin, route), event, error, origin).await;
+    if !matches!(answer, AuthError::TooManyRequests { .. }) {
+        tracing::info!(
+            event = "token.rejected",
+            reason = event.reason,
+            user_id = event.user_id.map(tracing::field::display),
+            session_id = event.session_id.map(tracing::field::display)
+        );
     }
-    tracing::info!(
-        event = "token.rejected",
-        reason = event.reason,
-        user_id = event.user_id.map(tracing::field::display),
-        session_id = event.session_id.map(tracing::field::display)
-    );
-    audit(state, event, origin).await;
-    error
+    answer
 }
 
 /// Verifies an access token; a refused one goes through [`refuse`].

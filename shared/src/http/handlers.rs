@@ -73,22 +73,14 @@ fn credentials(req: &Request) -> Result<Credentials, AuthError> {
 /// `POST /auth/register` → 201 with the new user.
 pub async fn register(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
     let origin = origin(&req);
-    let result = async {
-        auth::check_source_address(state, &origin, "register").await?;
-        auth::register(state, credentials(&req)?, &origin).await
-    }
-    .await;
+    let result = async { auth::register(state, credentials(&req)?, &origin).await }.await;
     Ok(render(result, |user| json(201, &UserBody::from(&user))))
 }
 
 /// `POST /auth/login` → 200 with an access token and a refresh token.
 pub async fn login(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
     let origin = origin(&req);
-    let result = async {
-        auth::check_source_address(state, &origin, "login").await?;
-        auth::login(state, credentials(&req)?, &origin).await
-    }
-    .await;
+    let result = async { auth::login(state, credentials(&req)?, &origin).await }.await;
     Ok(render(result, tokens))
 }
 
@@ -96,7 +88,6 @@ pub async fn login(state: &AppState, req: Request) -> Result<Response<Body>, Err
 pub async fn refresh(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
     let origin = origin(&req);
     let result = async {
-        auth::check_source_address(state, &origin, "refresh").await?;
         let body = json_object(&req)?;
         auth::refresh(state, &string_field(&body, "refresh_token")?, &origin).await
     }
@@ -191,7 +182,6 @@ pub async fn email(state: &AppState, req: Request) -> Result<Response<Body>, Err
     let response = match route(&req) {
         (Method::POST, "/auth/email/verify") => {
             let result = async {
-                auth::check_source_address(state, &origin, "email_verify").await?;
                 let body = json_object(&req)?;
                 auth::verify_email(state, &string_field(&body, "token")?, &origin).await
             }
@@ -215,7 +205,6 @@ async fn mail_request(
     started: tokio::time::Instant,
 ) -> Response<Body> {
     let result = async {
-        auth::check_source_address(state, origin, ask.route()).await?;
         let body = json_object(req)?;
         let email = string_field(&body, "email")?;
         auth::request_mail(state, ask, &email, origin, started).await
@@ -234,7 +223,6 @@ pub async fn password(state: &AppState, req: Request) -> Result<Response<Body>, 
         }
         (Method::POST, "/auth/password/reset") => {
             let result = async {
-                auth::check_source_address(state, &origin, "password_reset").await?;
                 let body = json_object(&req)?;
                 let token = string_field(&body, "token")?;
                 let password = string_field(&body, "password")?;

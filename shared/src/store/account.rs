@@ -1,7 +1,10 @@
 //! The SQL of the account routes: link tokens, requested mails, password checks of a signed-in
 //! user, change, reset, deletion and the sessions list (migrations/V4).
 
-use super::{Attempt, LoginLimits, NewLink, Queued, User, attempt_from, int, user_from};
+use super::{
+    Attempt, Limited, LoginLimits, NewLink, Queued, User, Window, attempt_from, counted, int,
+    user_from, windowed,
+};
 use crate::{
     db::{Db, DbError},
     email::Email,
@@ -72,6 +75,7 @@ pub struct MailLimits {
 #[allow(clippy::too_many_arguments)]
 pub async fn mail_request(
     db: &Db,
+    window: &Window<'_>,
     purpose: LinkPurpose,
     recipient: &[u8],
     email: Option<&Email>,
@@ -83,9 +87,13 @@ pub async fn mail_request(
 ) -> Result<MailRequest, DbError> {
     let row = db
         .query_opt(
-            "SELECT outcome, retry_after_secs, user_id FROM auth_mail_request($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             make_interval(secs => $10), $11, $12, $13, $14)",
-            &[
+            windowed!(
+                " SELECT w.wait, m.outcome, m.retry_after_secs, m.user_id FROM w LEFT JOIN LATERAL \
+                      (SELECT * FROM auth_mail_request($7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                                                       make_interval(secs => $16), $17, $18, $19, $20) \
+                       WHERE w.wait IS NULL OFFSET 0) m ON true"
+            ),
+            &window.with(&[
                 (&purpose.as_str(), Type::TEXT),
                 (&recipient, Type::BYTEA),
                 (&email.map(Email::as_str), Type::TEXT),
@@ -100,10 +108,13 @@ pub async fn mail_request(
                 (&now, Type::TIMESTAMPTZ),
                 (&origin.source_ip, Type::TEXT),
                 (&origin.user_agent, Type::TEXT),
-            ],
+            ]),
         )
         .await?
         .ok_or(DbError::NoRow("mail_request"))?;
+    if let Err(Limited(secs)) = counted(&row)? {
+        return Ok(MailRequest::Limited(secs));
+    }
     let outcome: String = row.try_get("outcome").map_err(DbError::Query)?;
     Ok(match outcome.as_str() {
         "queued" => MailRequest::Queued(
@@ -132,58 +143,73 @@ pub struct LinkHolder {
 /// How a link token stands, without using it.
 pub async fn link_state(
     db: &Db,
+    window: &Window<'_>,
     hash: &[u8],
     purpose: LinkPurpose,
     now: DateTime<Utc>,
-) -> Result<Result<LinkHolder, LinkRefusal>, DbError> {
+) -> Result<Result<Result<LinkHolder, LinkRefusal>, Limited>, DbError> {
     let row = db
         .query_opt(
-            "SELECT state, user_id, email FROM auth_link_state($1, $2, $3)",
-            &[
+            windowed!(
+                " SELECT w.wait, k.state, k.user_id, k.email FROM w LEFT JOIN LATERAL \
+                      (SELECT * FROM auth_link_state($7, $8, $9) WHERE w.wait IS NULL OFFSET 0) k ON true"
+            ),
+            &window.with(&[
                 (&hash, Type::BYTEA),
                 (&purpose.as_str(), Type::TEXT),
                 (&now, Type::TIMESTAMPTZ),
-            ],
+            ]),
         )
         .await?
         .ok_or(DbError::NoRow("link_state"))?;
+    if let Err(limited) = counted(&row)? {
+        return Ok(Err(limited));
+    }
     let state: String = row.try_get("state").map_err(DbError::Query)?;
     if state != "valid" {
-        return Ok(Err(link_refusal(&state)?));
+        return Ok(Ok(Err(link_refusal(&state)?)));
     }
-    Ok(Ok(LinkHolder {
+    Ok(Ok(Ok(LinkHolder {
         user_id: row.try_get("user_id").map_err(DbError::Query)?,
         email: row.try_get("email").map_err(DbError::Query)?,
-    }))
+    })))
 }
 
 /// Uses a verification link: the address is proven; the audit row is written.
 pub async fn verify_email(
     db: &Db,
+    window: &Window<'_>,
     hash: &[u8],
     now: DateTime<Utc>,
     request: Uuid,
     origin: &Origin,
-) -> Result<Result<User, LinkRefusal>, DbError> {
+) -> Result<Result<Result<User, LinkRefusal>, Limited>, DbError> {
     let row = db
         .query_opt(
-            "SELECT state, id, email, is_active, created_at, email_verified \
-             FROM auth_verify_email($1, $2, $3, $4, $5)",
-            &[
+            windowed!(
+                " SELECT w.wait, v.state, v.id, v.email, v.is_active, v.created_at, v.email_verified \
+                  FROM w LEFT JOIN LATERAL \
+                       (SELECT * FROM auth_verify_email($7, $8, $9, $10, $11) WHERE w.wait IS NULL OFFSET 0) v \
+                  ON true"
+            ),
+            &window.with(&[
                 (&hash, Type::BYTEA),
                 (&now, Type::TIMESTAMPTZ),
                 (&request, Type::UUID),
                 (&origin.source_ip, Type::TEXT),
                 (&origin.user_agent, Type::TEXT),
-            ],
+            ]),
         )
         .await?
         .ok_or(DbError::NoRow("verify_email"))?;
+    if let Err(limited) = counted(&row)? {
+        return Ok(Err(limited));
+    }
     let state: String = row.try_get("state").map_err(DbError::Query)?;
     if state != "valid" {
-        return Ok(Err(link_refusal(&state)?));
+        return Ok(Ok(Err(link_refusal(&state)?)));
     }
-    Ok(Ok(user_from(&row)?))
+    Ok(Ok(Ok(user_from(&row)?)))
 }
 
 /// Uses a reset link: the new hash, every session ended, the backoffs lifted, the address

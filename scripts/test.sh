@@ -35,11 +35,17 @@ mkdir -p target && : >"$LOG"
 
 ensure_venv
 
+# tools/lambda-bench is a workspace of its own (built by `make bench` and the round-trip test
+# below), so it is formatted and linted on its own, into the same target directory.
+BENCH_CRATE=(--manifest-path tools/lambda-bench/Cargo.toml)
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt "${BENCH_CRATE[@]}" -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy "${BENCH_CRATE[@]}" --target-dir "$ROOT/target" --all-targets -- -D warnings
 
 step "throwaway postgres: plain (port $DB_PORT), TLS (port $FAULT_PORT), PgBouncer in front of each"
 scripts/pg.sh destroy test "$DB_PORT" >/dev/null 2>&1 || true
@@ -73,6 +79,9 @@ TEST_DIRECT_DATABASE_URL="$TEST_DATABASE_URL" \
   TEST_DATABASE_URL="$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" postgres)" \
   cargo test -p shared --test db --test handlers --test logging --test sessions --test attacks \
     --test account --test mailer --test handlers_account 2>&1 | tee -a "$LOG"
+
+step "round trips per request, every route of every function (tools/lambda-bench's proxy)"
+scripts/round-trips.sh 2>&1 | tee -a "$LOG"
 
 # The real binaries through cargo lambda watch and the local gateway, driven over HTTP, their
 # mail to a MailDev of this pass's own (the tests read it by recipient through MAILDEV_URL; a

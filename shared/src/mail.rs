@@ -28,6 +28,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use tokio::sync::watch;
 use url::Url;
 use uuid::Uuid;
 
@@ -174,10 +175,11 @@ pub struct Mailer {
 }
 
 struct Inner {
-    /// `SMTP_URL` parsed, with `SMTP_TIMEOUT_MS` as the connect timeout. Kept to build the
-    /// transport on first use (lettre's pool spawns a task, so it needs the runtime) and to
-    /// build a fresh one after a send was cut off by its deadline.
-    builder: AsyncSmtpTransportBuilder,
+    /// `SMTP_URL` parsed, with `SMTP_TIMEOUT_MS` as the connect timeout, once the thread
+    /// [`Mailer::from_config`] starts has made it. Kept to build the transport on first use
+    /// (lettre's pool spawns a task, so it needs the runtime) and to build a fresh one after a
+    /// send was cut off by its deadline.
+    builder: watch::Receiver<Option<Result<AsyncSmtpTransportBuilder, ()>>>,
     transport: Mutex<Transport>,
     from: Mailbox,
     sealer: Sealer,
@@ -247,9 +249,19 @@ impl Mailer {
             )
         })?;
         validate_smtp_url(url.expose()).map_err(|problem| config_error("SMTP_URL", problem))?;
-        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
-            .map_err(|_| config_error("SMTP_URL", "is not a URL the SMTP client accepts"))?
-            .timeout(Some(config.mail.smtp_timeout));
+        // With TLS (smtps://, STARTTLS), lettre makes its native-tls connector with the builder,
+        // and native-tls parses the whole system bundle, twice: tens of milliseconds that init
+        // need not wait for. The first send waits for it, within its own deadline.
+        let (ready, builder) = watch::channel(None);
+        let raw = url.expose().to_owned();
+        let timeout = config.mail.smtp_timeout;
+        std::thread::spawn(move || {
+            let built = AsyncSmtpTransport::<Tokio1Executor>::from_url(&raw)
+                .map(|builder| builder.timeout(Some(timeout)))
+                .map_err(drop);
+            drop(raw);
+            let _ = ready.send(Some(built));
+        });
         let from: Mailbox = config
             .mail
             .from
@@ -410,34 +422,40 @@ impl Mailer {
     /// deadline — discards the pool it used (see [`Mailer::discard`]).
     pub async fn send(&self, envelope: &Envelope, deadline: Duration) -> Result<(), MailError> {
         let message = self.message(envelope)?;
-        let (generation, transport) = self.transport();
-        let mut unfinished = Unfinished {
-            mailer: self,
-            generation,
-            armed: true,
+        let sending = async {
+            let (generation, transport) = self.transport().await?;
+            let mut unfinished = Unfinished {
+                mailer: self,
+                generation,
+                armed: true,
+            };
+            let sent = transport.send(message).await;
+            unfinished.armed = false;
+            sent.map(drop).map_err(|error| MailError::from_smtp(&error))
         };
-        let result = match tokio::time::timeout(deadline, transport.send(message)).await {
-            Ok(Ok(_reply)) => Ok(()),
-            Ok(Err(error)) => Err(MailError::from_smtp(&error)),
-            Err(_elapsed) => return Err(MailError::Timeout),
-        };
-        unfinished.armed = false;
-        result
+        tokio::time::timeout(deadline, sending)
+            .await
+            .unwrap_or(Err(MailError::Timeout))
     }
 
     /// The current pool, built on first use.
-    fn transport(&self) -> (u64, AsyncSmtpTransport<Tokio1Executor>) {
+    async fn transport(&self) -> Result<(u64, AsyncSmtpTransport<Tokio1Executor>), MailError> {
+        let builder = {
+            let mut ready = self.inner.builder.clone();
+            let built = ready.wait_for(Option::is_some).await;
+            match built.as_deref() {
+                Ok(Some(Ok(builder))) => builder.clone(),
+                _ => return Err(MailError::Connection("the SMTP client could not be set up")),
+            }
+        };
         let mut current = self
             .inner
             .transport
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let generation = current.generation;
-        let pool = current
-            .pool
-            .get_or_insert_with(|| self.inner.builder.clone().build())
-            .clone();
-        (generation, pool)
+        let pool = current.pool.get_or_insert_with(|| builder.build()).clone();
+        Ok((generation, pool))
     }
 
     /// Throws away the pool of `generation` after a send it served was cut off. The cut-off
@@ -513,7 +531,12 @@ pub fn validate_smtp_url(raw: &str) -> Result<(), &'static str> {
     if url.password().is_some() && !wrapped && !starttls && !loopback {
         return Err("sends credentials only over TLS: use smtps:// or `?tls=required`");
     }
-    AsyncSmtpTransport::<Tokio1Executor>::from_url(raw)
+    // lettre checks the rest (port, the percent-encoded credentials) on the URL without its
+    // TLS, so that no TLS connector is made (and the system bundle parsed) to check a syntax.
+    let mut plain = url.clone();
+    plain.set_query(None);
+    plain.set_scheme("smtp").map_err(|()| URL_FORMS)?;
+    AsyncSmtpTransport::<Tokio1Executor>::from_url(plain.as_str())
         .map(drop)
         .map_err(|_| "is not a URL the SMTP client accepts (is the password percent-encoded?)")
 }

@@ -114,6 +114,8 @@ pub struct AppState {
     pub mailer: Option<mail::Mailer>,
     /// The time source.
     pub clock: Clock,
+    /// The networks this instance saw the address window refuse (see [`auth::Refused`]).
+    pub refused: Arc<auth::Refused>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -161,6 +163,7 @@ impl AppState {
             tokens: token::TokenKeys::from_config(&config)?,
             refresh_key: refreshes.then(|| refresh_key(&config)).transpose()?,
             clock: Arc::new(Utc::now),
+            refused: Arc::default(),
             passwords: hashes.then(|| passwords(&config)).transpose()?,
             config,
         })

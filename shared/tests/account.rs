@@ -1504,3 +1504,55 @@ async fn with_verification_required_a_right_password_is_never_counted_as_a_failu
         .expect("verify");
     login(&state, &email, STRONG_PASSWORD).await;
 }
+
+/// Over the address window, the account routes that take no bearer token do none of their
+/// work: no link used or stored, no message queued, no recipient counted; the refusal is the
+/// window's (`rate_limit.exceeded`), never the per-recipient limit's.
+#[tokio::test]
+async fn the_account_routes_over_the_window_change_nothing_but_the_windows_audit() {
+    let state = mail_on(&[("IP_RATE_LIMIT_PER_MINUTE", "2")]).await;
+    let (email, _) = account(&state).await;
+    let verify = link(&state, &email, "verify_email").await;
+    let from = common::from("203.0.113.20");
+    for _ in 0..2 {
+        auth::check_source_address(&state, &from, "login")
+            .await
+            .expect("counted");
+    }
+    let before = snapshot(&state).await;
+    let fresh = || {
+        sibling(
+            &state,
+            &[("SMTP_URL", CLOSED_SMTP), ("IP_RATE_LIMIT_PER_MINUTE", "2")],
+        )
+    };
+    let started = tokio::time::Instant::now();
+    let answers = [
+        auth::request_mail(&fresh(), MailAsk::PasswordReset, &email, &from, started).await,
+        auth::request_mail(&fresh(), MailAsk::Verification, &email, &from, started).await,
+        auth::verify_email(&fresh(), &verify, &from).await.map(drop),
+        auth::verify_email(&fresh(), "not a token", &from)
+            .await
+            .map(drop),
+        auth::reset_password(&fresh(), "not a token", STRONG_PASSWORD, &from).await,
+    ];
+    for (i, answer) in answers.into_iter().enumerate() {
+        assert!(
+            matches!(answer, Err(AuthError::TooManyRequests { .. })),
+            "request {i}: {answer:?}"
+        );
+    }
+    assert_eq!(snapshot(&state).await, before, "nothing changed");
+    assert_eq!(events(&state, "mail.limited").await, 0);
+    let refusals = count(
+        &state,
+        "SELECT coalesce(sum(count), 0)::bigint FROM auth_events WHERE event = 'rate_limit.exceeded'",
+        &[],
+    )
+    .await;
+    assert_eq!(refusals, 5);
+    // The verification link was left alone: it still works from elsewhere.
+    auth::verify_email(&state, &verify, &nobody())
+        .await
+        .expect("the link is still usable");
+}

@@ -602,32 +602,35 @@ async fn a_request_over_the_window_changes_nothing_but_the_windows_audit() {
         }
         other => panic!("{what}: {other:?}"),
     };
+    // Each from an instance of its own, so that each reaches the database (an instance
+    // remembers a refusal; see below).
+    let fresh = || AppState::new(state.config.clone()).expect("another instance");
     over(
-        auth::register(&state, creds(&unique_email(), STRONG_PASSWORD), &from)
+        auth::register(&fresh(), creds(&unique_email(), STRONG_PASSWORD), &from)
             .await
             .map(drop),
         "register",
     );
     over(
-        auth::register(&state, creds("not an email", STRONG_PASSWORD), &from)
+        auth::register(&fresh(), creds("not an email", STRONG_PASSWORD), &from)
             .await
             .map(drop),
         "register, refused before the insert",
     );
     over(
-        auth::login(&state, creds(&email, "wrong password, uncounted"), &from)
+        auth::login(&fresh(), creds(&email, "wrong password, uncounted"), &from)
             .await
             .map(drop),
         "login",
     );
     over(
-        auth::refresh(&state, &tokens.refresh_token, &from)
+        auth::refresh(&fresh(), &tokens.refresh_token, &from)
             .await
             .map(drop),
         "refresh",
     );
     over(
-        auth::refresh(&state, "garbage", &from).await.map(drop),
+        auth::refresh(&fresh(), "garbage", &from).await.map(drop),
         "refresh of a malformed token",
     );
     assert_eq!(counts(&db).await, before, "nothing changed");
@@ -641,6 +644,39 @@ async fn a_request_over_the_window_changes_nothing_but_the_windows_audit() {
         .expect("q")
         .get(0);
     assert_eq!(refusals, 5, "each refusal audited once, by the window");
+    // An instance that saw the window refuse answers that network's next requests itself
+    // until the wait is over: no argon2, no round trip, no second audit row.
+    let instance = fresh();
+    over(
+        auth::login(&instance, creds(&email, STRONG_PASSWORD), &from)
+            .await
+            .map(drop),
+        "login, refused by the window",
+    );
+    over(
+        auth::register(&instance, creds(&unique_email(), STRONG_PASSWORD), &from)
+            .await
+            .map(drop),
+        "register, refused from memory",
+    );
+    let refusals: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(count), 0)::bigint FROM auth_events \
+             WHERE event = 'rate_limit.exceeded' AND source_ip = '203.0.113.9'",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(refusals, 6, "the remembered refusal reached no database");
+    assert_eq!(counts(&db).await, before, "nothing changed");
+    let elsewhere = Origin {
+        source_ip: Some("198.51.100.9".into()),
+        user_agent: None,
+    };
+    auth::check_source_address(&instance, &elsewhere, "login")
+        .await
+        .expect("another network is not remembered");
     // The refresh token was not rotated by the refused refresh: it still works elsewhere.
     auth::refresh(&state, &tokens.refresh_token, &nobody())
         .await

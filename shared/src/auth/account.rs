@@ -133,7 +133,7 @@ pub async fn request_mail(
         interval_secs: settings.resend_interval.as_secs_f64(),
         per_hour: settings.max_per_hour,
     };
-    let window = super::window(state, origin, ask.route());
+    let window = super::window(state, origin, ask.route())?;
     let outcome = store::mail_request(
         &state.db,
         &window,
@@ -146,7 +146,8 @@ pub async fn request_mail(
         now,
         origin,
     )
-    .await?;
+    .await?
+    .map_err(|over| super::limited(state, &window, over))?;
     match outcome {
         MailRequest::Limited(retry_after_secs) => {
             tracing::info!(
@@ -192,7 +193,7 @@ pub async fn verify_email(
     origin: &Origin,
 ) -> Result<User, AuthError> {
     const EVENT: &str = "email.verify_failed";
-    let window = super::window(state, origin, "email_verify");
+    let window = super::window(state, origin, "email_verify")?;
     let Some(raw) = refresh::decode(token) else {
         return Err(malformed_link(state, &window, EVENT, origin).await);
     };
@@ -206,7 +207,7 @@ pub async fn verify_email(
         origin,
     )
     .await?
-    .map_err(|over| super::limited(&window, over))?;
+    .map_err(|over| super::limited(state, &window, over))?;
     match verified {
         Ok(user) => {
             tracing::info!(event = "email.verified", user_id = %user.id);
@@ -230,7 +231,7 @@ pub async fn reset_password(
     origin: &Origin,
 ) -> Result<(), AuthError> {
     const EVENT: &str = "password.reset_failed";
-    let window = super::window(state, origin, "password_reset");
+    let window = super::window(state, origin, "password_reset")?;
     let Some(raw) = refresh::decode(token) else {
         return Err(malformed_link(state, &window, EVENT, origin).await);
     };
@@ -240,7 +241,7 @@ pub async fn reset_password(
     // address, and hashed, between reading the link and using it.
     let holder = store::link_state(&state.db, &window, &hash, LinkPurpose::ResetPassword, now)
         .await?
-        .map_err(|over| super::limited(&window, over))?;
+        .map_err(|over| super::limited(state, &window, over))?;
     let holder = match holder {
         Ok(holder) => holder,
         Err(refusal) => {

@@ -25,7 +25,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 mod account;
+mod refused;
 pub use account::*;
+pub use refused::Refused;
 
 /// Email and password as the client sent them (unnormalized, unvalidated).
 pub struct Credentials {
@@ -79,23 +81,42 @@ fn seconds_until(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
 }
 
 /// A request's place in its source network's window (docs/api.md "Limits against guessing"),
-/// counted by the statement that does the route's work, so that it costs no round trip.
-fn window<'a>(state: &AppState, origin: &'a Origin, route: &'static str) -> Window<'a> {
-    Window::new(
-        origin,
-        state.config.ip_rate_limit_per_minute,
-        route,
-        state.now(),
-    )
+/// counted by the statement that does the route's work, so that it costs no round trip; or
+/// the `429` when this instance saw the window refuse the network and its wait is not over.
+fn window<'a>(
+    state: &AppState,
+    origin: &'a Origin,
+    route: &'static str,
+) -> Result<Window<'a>, AuthError> {
+    let now = state.now();
+    let limit = state.config.ip_rate_limit_per_minute;
+    if let Some(network) = origin.refusal_source().filter(|_| limit > 0)
+        && let Some(retry_after_secs) = state.refused.wait(&network, now)
+    {
+        tracing::info!(
+            event = "rate_limit.exceeded",
+            route,
+            retry_after_secs,
+            remembered = true
+        );
+        return Err(AuthError::TooManyRequests { retry_after_secs });
+    }
+    Ok(Window::new(origin, limit, route, now))
 }
 
-/// The window's refusal, logged; the statement that found the window full wrote its audit row.
-fn limited(window: &Window<'_>, Limited(retry_after_secs): Limited) -> AuthError {
+/// The window's refusal, logged and remembered; the statement that found the window full wrote
+/// its audit row.
+fn limited(state: &AppState, window: &Window<'_>, Limited(retry_after_secs): Limited) -> AuthError {
     tracing::info!(
         event = "rate_limit.exceeded",
         route = window.route(),
         retry_after_secs
     );
+    if let Some(network) = window.network() {
+        state
+            .refused
+            .remember(network, retry_after_secs, *window.now());
+    }
     AuthError::TooManyRequests { retry_after_secs }
 }
 
@@ -111,7 +132,7 @@ async fn refused(
 ) -> AuthError {
     match store::refuse(&state.db, window, &event, origin).await {
         Ok(Ok(())) => error,
-        Ok(Err(over)) => limited(window, over),
+        Ok(Err(over)) => limited(state, window, over),
         Err(db_error) => {
             tracing::warn!(audit_event = event.event, error = ?db_error, "audit row not written");
             error
@@ -126,10 +147,10 @@ pub async fn check_source_address(
     origin: &Origin,
     route: &'static str,
 ) -> Result<(), AuthError> {
-    let window = window(state, origin, route);
+    let window = window(state, origin, route)?;
     store::window(&state.db, &window)
         .await?
-        .map_err(|over| limited(&window, over))
+        .map_err(|over| limited(state, &window, over))
 }
 
 /// Registers a new account: validates the email and the password, hashes the password and
@@ -139,7 +160,7 @@ pub async fn register(
     credentials: Credentials,
     origin: &Origin,
 ) -> Result<User, AuthError> {
-    let window = &window(state, origin, "register");
+    let window = &window(state, origin, "register")?;
     let parsed = Email::parse(&credentials.email);
     let masked = parsed
         .as_ref()
@@ -209,7 +230,7 @@ pub async fn register(
             audit(state, event, origin).await;
             Err(AuthError::EmailTaken)
         }
-        Err(InsertError::Limited(over)) => Err(limited(window, over)),
+        Err(InsertError::Limited(over)) => Err(limited(state, window, over)),
         Err(InsertError::Db(e)) => Err(e.into()),
     }
 }
@@ -230,7 +251,7 @@ pub async fn login(
     let network = origin.network();
     let config = &state.config;
     let limits = login_limits(config);
-    let window = window(state, origin, "login");
+    let window = window(state, origin, "login")?;
     let (found, attempt) = store::login_attempt(
         &state.db,
         &window,
@@ -242,7 +263,7 @@ pub async fn login(
         now,
     )
     .await?
-    .map_err(|over| limited(&window, over))?;
+    .map_err(|over| limited(state, &window, over))?;
     let masked = email
         .as_ref()
         .map_or_else(|| "***".to_owned(), Email::masked);
@@ -383,7 +404,7 @@ pub async fn refresh(
     origin: &Origin,
 ) -> Result<Tokens, AuthError> {
     let now = state.now();
-    let window = window(state, origin, "refresh");
+    let window = window(state, origin, "refresh")?;
     let Some(raw) = refresh::decode(refresh_token) else {
         tracing::info!(event = "refresh.failed", reason = "malformed");
         let event = AuditEvent::refusal("refresh.failed", "malformed");
@@ -401,7 +422,7 @@ pub async fn refresh(
         origin,
     )
     .await?
-    .map_err(|over| limited(&window, over))?;
+    .map_err(|over| limited(state, &window, over))?;
     let user = refreshed.user_id.map(tracing::field::display);
     let session = refreshed.session_id.map(tracing::field::display);
     match (refreshed.outcome, refreshed.user_id, refreshed.session_id) {
@@ -452,7 +473,10 @@ async fn refuse(
     error: AuthError,
     origin: &Origin,
 ) -> AuthError {
-    let answer = refused(state, &window(state, origin, route), event, error, origin).await;
+    let answer = match window(state, origin, route) {
+        Ok(window) => refused(state, &window, event, error, origin).await,
+        Err(remembered) => remembered,
+    };
     if !matches!(answer, AuthError::TooManyRequests { .. }) {
         tracing::info!(
             event = "token.rejected",

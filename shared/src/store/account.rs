@@ -84,7 +84,7 @@ pub async fn mail_request(
     limits: MailLimits,
     now: DateTime<Utc>,
     origin: &Origin,
-) -> Result<MailRequest, DbError> {
+) -> Result<Result<MailRequest, Limited>, DbError> {
     let row = db
         .query_opt(
             windowed!(
@@ -112,11 +112,11 @@ pub async fn mail_request(
         )
         .await?
         .ok_or(DbError::NoRow("mail_request"))?;
-    if let Err(Limited(secs)) = counted(&row)? {
-        return Ok(MailRequest::Limited(secs));
+    if let Err(limited) = counted(&row)? {
+        return Ok(Err(limited));
     }
     let outcome: String = row.try_get("outcome").map_err(DbError::Query)?;
-    Ok(match outcome.as_str() {
+    Ok(Ok(match outcome.as_str() {
         "queued" => MailRequest::Queued(
             row.try_get::<_, Option<Uuid>>("user_id")
                 .map_err(DbError::Query)?
@@ -128,7 +128,7 @@ pub async fn mail_request(
             MailRequest::Limited(u64::try_from(wait.max(1)).unwrap_or(1))
         }
         _ => return Err(DbError::NoRow("mail_request: unknown outcome")),
-    })
+    }))
 }
 
 /// A link token that may be used: its user and address.

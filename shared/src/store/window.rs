@@ -73,6 +73,11 @@ impl<'a> Window<'a> {
         &self.now
     }
 
+    /// The counted network, `None` when nothing is counted.
+    pub fn network(&self) -> Option<&str> {
+        self.network.as_deref()
+    }
+
     /// The route, for logs.
     pub fn route(&self) -> &'static str {
         self.route

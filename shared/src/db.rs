@@ -142,6 +142,12 @@ pub fn connection_settings(
             ));
         }
     }
+    // As libpq: direct TLS has no plaintext to fall back to, and without TLS it means nothing.
+    if pg.get_ssl_negotiation() == SslNegotiation::Direct && pg.get_ssl_mode() != SslMode::Require {
+        return Err(bad(
+            "has sslnegotiation=direct, which needs sslmode=require, verify-ca or verify-full",
+        ));
+    }
     tls.enabled = pg.get_ssl_mode() != SslMode::Disable;
     Ok(ConnectionSettings { pg, tls })
 }
@@ -475,6 +481,31 @@ mod tests {
             assert_eq!(e.variable, "DATABASE_URL");
             assert!(!e.to_string().contains("u:p"), "{e}");
         }
+    }
+
+    #[test]
+    fn direct_tls_needs_verified_tls() {
+        for url in [
+            "postgres://u:p@localhost/db?sslnegotiation=direct",
+            "postgres://u:p@localhost/db?sslnegotiation=direct&sslmode=prefer",
+            "postgres://u:p@localhost/db?sslnegotiation=direct&sslmode=disable",
+        ] {
+            let e = connection_settings(url, None).expect_err(url);
+            assert!(e.to_string().contains("sslnegotiation=direct"), "{e}");
+        }
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url =
+                format!("postgres://u:p@db.example.com/db?sslnegotiation=direct&sslmode={mode}");
+            let s = connection_settings(&url, None).expect("direct with verified TLS");
+            assert_eq!(s.pg.get_ssl_negotiation(), SslNegotiation::Direct);
+            assert!(s.tls.enabled);
+        }
+        let remote = connection_settings(
+            "postgres://u:p@db.example.com/db?sslnegotiation=direct",
+            None,
+        )
+        .expect("a remote host requires TLS by default");
+        assert_eq!(remote.pg.get_ssl_mode(), SslMode::Require);
     }
 
     #[test]

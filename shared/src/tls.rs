@@ -40,8 +40,8 @@ const POSTGRESQL_ALPN: &[u8] = b"\x0apostgresql";
 /// The cipher list `SslConnector` uses (TLS 1.2; TLS 1.3 suites are OpenSSL's defaults).
 const CIPHERS: &str = "DEFAULT:!aNULL:!eNULL:!MD5:!3DES:!DES:!RC4:!IDEA:!SEED:!aDSS:!SRP:!PSK";
 
-/// Hashed directories on systems whose `openssl-probe` candidates are bundles only: Fedora,
-/// RHEL and Amazon Linux 2023 (the Lambda `provided.al2023` runtime) keep theirs here.
+/// Hashed directories on systems whose `openssl-probe` candidates are bundles only: where
+/// Fedora-family `update-ca-trust` extracts one.
 const EXTRA_HASHED_DIRS: &[&str] = &["/etc/pki/ca-trust/extracted/pem/directory-hash"];
 
 /// Why TLS could not be set up; each names what to fix.

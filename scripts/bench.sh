@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# `make bench`: measured speed, memory and size, written to target/bench/results.md (BENCHMARKS.md
-# at the repository root is a copy of one run, with the analysis).
+# `make bench`: measured speed, memory and size of every function, written to
+# target/bench/results.md (BENCHMARKS.md at the repository root is a copy of one run, with the
+# analysis). The harness is tools/lambda-bench, its own cargo workspace, built only here.
 #
-#   1. a dedicated Postgres (.local/pg/bench, port 54350), a fresh database, migrated;
-#   2. the release binaries, their stripped and zipped sizes, and the arm64 Lambda zips that
+#   1. a dedicated Postgres with TLS (.local/pg/bench, port 54350, PG_TLS=1: a throwaway CA and
+#      a certificate for "localhost"), a fresh database, migrated; a dedicated MailDev;
+#   2. the release binaries of every function (scripts/env.sh's FUNCTIONS, the workspace's
+#      functions/* members), their stripped and zipped sizes, and the arm64 Lambda zips that
 #      `cargo lambda build --arm64` makes (skip with BENCH_ARM64=0);
 #   3. criterion micro benchmarks: argon2id, JWT, email and password parsing;
-#   4. shared/benches/runtime.rs: the release binaries under a minimal Lambda Runtime API —
-#      init time, warm latency, one database round trip, argon2, peak RSS;
-#   5. end-to-end HTTP through scripts/gateway.py and `cargo lambda watch --release` (port 9300);
-#   6. 50 users × 3 function processes (pool size 1) against PgBouncer in transaction mode with
-#      10 server connections: every register → login → me flow must succeed;
-#   7. the report: target/bench/results.md.
+#   4. `lambda-bench runtime`: the release binaries under a Lambda Runtime API stand-in — init
+#      with TLS configured and no connection (system roots, one root) and with a verified TLS
+#      connection, the first request after init and warm runs at concurrency 1 and 4 over TLS,
+#      the round trips of every route (counted by a proxy, plain TCP), peak RSS, and the floor
+#      (argon2id and one round trip) measured between the invocations;
+#   5. `lambda-bench e2e`: HTTP through scripts/gateway.py and `cargo lambda watch --release`
+#      (port 9300);
+#   6. `lambda-bench concurrency`: 50 users × 3 function processes (pool size 1) against
+#      PgBouncer in transaction mode with 10 server connections: every flow must succeed;
+#   7. `lambda-bench report`: target/bench/results.md and results.json.
 #
-# Run counts can be lowered for a quick look (BENCH_REGISTER_RUNS, BENCH_LOGIN_RUNS,
-# BENCH_ME_RUNS, BENCH_INIT_RUNS, BENCH_E2E_RUNS, BENCH_CONCURRENCY; see runtime.rs).
-# Everything started here is stopped on exit.
+# Run counts can be lowered for a quick look: BENCH_RUNS (warm requests per route, 200),
+# BENCH_COSTLY_RUNS (routes that need an account, session or mail set up per request, 40),
+# BENCH_INIT_RUNS (10 per variant), BENCH_DB_RUNS, BENCH_ARGON2_RUNS, BENCH_E2E_RUNS,
+# BENCH_CONCURRENCY. Everything started here is stopped on exit.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -24,8 +32,12 @@ DB_PORT="${BENCH_DB_PORT:-54350}"
 POOLER_PORT="${BENCH_POOLER_PORT:-54351}"
 E2E_PORT="${BENCH_E2E_PORT:-9300}"
 POOLER_SERVER_CONNS="${BENCH_POOLER_MAX_SERVER_CONNS:-10}"
+SMTP_PORT="${BENCH_SMTP_PORT:-54352}"
+MAILDEV_WEB_PORT="${BENCH_MAILDEV_WEB_PORT:-54353}"
 OUT="$ROOT/target/bench"
-FUNCTIONS=(register login protected)
+BENCH_HARNESS="$ROOT/target/release/lambda-bench"
+PACKAGES=()
+for function in "${FUNCTIONS[@]}"; do PACKAGES+=(-p "$function"); done
 
 cleanup() {
   # gateway.py and cargo lambda watch run in their own process groups (setsid), so this also
@@ -34,6 +46,7 @@ cleanup() {
   local pid
   for pid in ${WATCH_PID:-} ${GATEWAY_PID:-}; do kill -- "-$pid" 2>/dev/null || true; done
   scripts/pgbouncer.sh stop bench "$POOLER_PORT" >/dev/null 2>&1 || true
+  scripts/maildev.sh stop bench "$SMTP_PORT" "$MAILDEV_WEB_PORT" >/dev/null 2>&1 || true
   scripts/pg.sh stop bench "$DB_PORT" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -44,18 +57,27 @@ elapsed() { printf '    (%ds so far)\n' "$((SECONDS - started))"; }
 ensure_venv
 rm -rf "$OUT"
 mkdir -p "$OUT/logs"
-export BENCH_OUT_DIR="$OUT" BENCH_BIN_DIR="$ROOT/target/release" BENCH_RUSTC
+export BENCH_OUT_DIR="$OUT" BENCH_BIN_DIR="$ROOT/target/release" BENCH_RUSTC BENCH_ROOT="$ROOT"
+export BENCH_FUNCTIONS="${FUNCTIONS[*]}"
 BENCH_RUSTC="$(rustc -V)"
 
-step "dedicated postgres (.local/pg/bench, port $DB_PORT), fresh database"
+step "dedicated postgres with TLS (.local/pg/bench, port $DB_PORT), fresh database; MailDev"
 scripts/pg.sh destroy bench "$DB_PORT" >/dev/null 2>&1 || true
-scripts/pg.sh start bench "$DB_PORT"
-export BENCH_DATABASE_URL
+PG_TLS=1 scripts/pg.sh start bench "$DB_PORT"
+export BENCH_DATABASE_URL BENCH_TLS_DATABASE_URL BENCH_TLS_CA BENCH_SMTP_URL BENCH_MAILDEV_URL
 BENCH_DATABASE_URL="$(scripts/pg.sh url bench "$DB_PORT")"
+BENCH_TLS_CA="$(scripts/pg.sh ca bench "$DB_PORT")"
+# The server's certificate names "localhost" only (scripts/pg.sh): verify-full needs that host.
+BENCH_TLS_DATABASE_URL="$(sed -E 's#@127\.0\.0\.1:#@localhost:#; s#\?sslmode=disable$##' <<<"$BENCH_DATABASE_URL")?sslmode=verify-full&sslrootcert=$BENCH_TLS_CA"
 DATABASE_URL="$BENCH_DATABASE_URL" cargo run --quiet -p cli --bin authctl -- migrate
+scripts/maildev.sh start bench "$SMTP_PORT" "$MAILDEV_WEB_PORT"
+BENCH_SMTP_URL="$(scripts/maildev.sh url bench "$SMTP_PORT" "$MAILDEV_WEB_PORT")"
+BENCH_MAILDEV_URL="$(scripts/maildev.sh web-url bench "$SMTP_PORT" "$MAILDEV_WEB_PORT")"
 
-step "release binaries"
-cargo build --release -p register -p login -p protected
+step "release binaries: ${FUNCTIONS[*]}; the harness (tools/lambda-bench)"
+cargo build --release "${PACKAGES[@]}"
+# Its own workspace, sharing this build's target directory (and so its artifacts).
+cargo build --release --manifest-path tools/lambda-bench/Cargo.toml --target-dir "$ROOT/target"
 elapsed
 
 step "arm64 Lambda zips (cargo lambda build --release --arm64 --output-format zip)"
@@ -66,9 +88,9 @@ if [[ "${BENCH_ARM64:-1}" != 0 ]]; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check ziglang ||
       echo "pip install ziglang failed" >&2
   fi
-  rm -f target/lambda/{register,login,protected}/bootstrap.zip
+  for function in "${FUNCTIONS[@]}"; do rm -f "target/lambda/$function/bootstrap.zip"; done
   if PATH="$VENV/bin:$PATH" "$VENV/bin/cargo-lambda" lambda build --release --arm64 \
-    --output-format zip -p register -p login -p protected >"$OUT/logs/arm64-build.log" 2>&1; then
+    --output-format zip "${PACKAGES[@]}" >"$OUT/logs/arm64-build.log" 2>&1; then
     ARM64_STATUS="built by \`cargo lambda build --release --arm64 --output-format zip\` (cargo-lambda $("$VENV/bin/cargo-lambda" lambda --version | awk '{print $2}'), zig $("$VENV/bin/python" -m ziglang version 2>/dev/null || echo '?') from the ziglang wheel); aarch64 links OpenSSL statically (vendored, shared/Cargo.toml)"
   else
     reason="$(grep -v '^\s*$' "$OUT/logs/arm64-build.log" | tail -n 3 | tr '\n' ' ' | sed 's/|/\\|/g')"
@@ -131,8 +153,8 @@ elapsed
 step "init: secrets read through a stand-in of the Parameters and Secrets extension"
 cargo test --release -p shared --test secrets init_cost -- --ignored --nocapture
 
-step "the release binaries under a minimal Lambda Runtime API"
-cargo bench -p shared --bench runtime -- runtime
+step "every route of every function under a Lambda Runtime API stand-in (lambda-bench runtime)"
+"$BENCH_HARNESS" runtime
 elapsed
 
 step "end-to-end HTTP: gateway.py on :$E2E_PORT → cargo lambda watch --release"
@@ -140,14 +162,14 @@ step "end-to-end HTTP: gateway.py on :$E2E_PORT → cargo lambda watch --release
 export DATABASE_URL="$BENCH_DATABASE_URL" AWS_LAMBDA_LOG_LEVEL=WARN IP_RATE_LIMIT_PER_MINUTE=1000000 JWT_SECRET
 JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
 export DATA_ENCRYPTION_KEY="${DATA_ENCRYPTION_KEY:-$(python3 -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(32)).decode())')}"
-unset JWT_ISSUER JWT_AUDIENCE JWT_PRIVATE_KEY ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH DATABASE_POOL_MAX_SIZE
+unset JWT_ISSUER JWT_AUDIENCE JWT_PRIVATE_KEY ACCESS_TOKEN_TTL_SECONDS PASSWORD_MIN_LENGTH DATABASE_POOL_MAX_SIZE SMTP_URL
 start_gateway "$E2E_PORT" >"$OUT/logs/gateway.log" 2>&1
 # shellcheck disable=SC2046
 setsid "$VENV/bin/cargo-lambda" $(watch_args "$E2E_PORT") --release --ignore-changes \
   >"$OUT/logs/watch.log" 2>&1 &
 WATCH_PID=$!
 BENCH_E2E_URL="http://127.0.0.1:$E2E_PORT" BENCH_E2E_WATCH_URL="http://127.0.0.1:$((E2E_PORT + 1))" \
-  cargo bench -p shared --bench runtime -- e2e
+  "$BENCH_HARNESS" e2e
 kill -- "-$WATCH_PID" "-$GATEWAY_PID" 2>/dev/null || true
 wait "$WATCH_PID" "$GATEWAY_PID" 2>/dev/null || true
 unset WATCH_PID GATEWAY_PID
@@ -158,9 +180,9 @@ scripts/pgbouncer.sh start bench "$POOLER_PORT" bench "$DB_PORT" "$POOLER_SERVER
 BENCH_POOLER_URL="$(scripts/pgbouncer.sh url bench "$POOLER_PORT" bench "$DB_PORT")" \
   BENCH_POOLER_ADMIN_URL="$(scripts/pgbouncer.sh url bench "$POOLER_PORT" bench "$DB_PORT" pgbouncer)" \
   BENCH_POOLER_MAX_SERVER_CONNS="$POOLER_SERVER_CONNS" \
-  cargo bench -p shared --bench runtime -- concurrency
+  "$BENCH_HARNESS" concurrency
 elapsed
 
 step "report: target/bench/results.md"
-cargo bench --quiet -p shared --bench runtime -- report
+"$BENCH_HARNESS" report
 echo "make bench took $((SECONDS - started)) s"

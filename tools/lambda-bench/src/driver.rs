@@ -297,13 +297,15 @@ pub fn drive_concurrently(
         let barrier = barrier.clone();
         handles.push(thread::Builder::new().name("lane".into()).spawn(
             move || -> Result<(Samples, u64)> {
-                for _ in 0..warmup {
+                let warmed = (0..warmup).try_for_each(|_| -> Result<()> {
                     let request = lane.next()?;
                     let answer = instance.call(&request)?;
-                    lane.check(&request, &answer)?;
-                }
-                // The warm-ups are done on every instance before any timed request.
+                    lane.check(&request, &answer)
+                });
+                // The warm-ups are done on every instance before any timed request; a lane that
+                // failed still reaches the barrier, or the others would wait for it for ever.
                 barrier.wait();
+                warmed?;
                 let mut latency = Samples::default();
                 for _ in 0..runs {
                     let request = lane.next()?;

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 ///   reading the link and using it;
 /// - every route that mails marks the message sent after the SMTP exchange (`mail_sent`):
 ///   marked before, a failed send would be lost; never marked, the mailer would send it again.
+///
 /// Whoever changes a count changes it here, and says why in BENCHMARKS.md.
 const EXPECTED: &[(&str, u64)] = &[
     ("POST /auth/register", 2),

@@ -258,7 +258,7 @@ impl Mailer {
         std::thread::spawn(move || {
             let built = AsyncSmtpTransport::<Tokio1Executor>::from_url(&raw)
                 .map(|builder| builder.timeout(Some(timeout)))
-                .map_err(drop);
+                .map_err(|_| tracing::error!("the SMTP client could not be set up from SMTP_URL"));
             drop(raw);
             let _ = ready.send(Some(built));
         });

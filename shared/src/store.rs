@@ -123,8 +123,7 @@ pub async fn insert_user(
 ) -> Result<User, InsertError> {
     let id = Uuid::new_v4();
     let (link, queued) = verification.unzip();
-    // A taken address inserts nothing (no unique violation, so the window's count stands);
-    // `mine` finds this call's own row when a retry follows a commit whose answer was lost.
+    // A taken address inserts nothing (no unique violation, so the window's count stands).
     let row = db
         .query_opt(
             windowed!(
@@ -140,11 +139,9 @@ pub async fn insert_user(
                   l AS (INSERT INTO link_tokens (hash, user_id, purpose, created_at, expires_at) \
                         SELECT $14, id, 'verify_email', $10, $15 FROM u WHERE $14::bytea IS NOT NULL), \
                   o AS (INSERT INTO outbox (id, user_id, kind, sealed, attempts, next_attempt_at, created_at) \
-                        SELECT $16, id, $19, $17, 1, $18, $10 FROM u WHERE $17::bytea IS NOT NULL), \
-                  mine AS (SELECT id, email, is_active, created_at, email_verified_at IS NOT NULL AS email_verified \
-                           FROM users WHERE id = $7) \
-             SELECT w.wait, r.id, r.email, r.is_active, r.created_at, r.email_verified \
-             FROM w LEFT JOIN (SELECT * FROM u UNION ALL SELECT * FROM mine) r ON true"
+                        SELECT $16, id, $19, $17, 1, $18, $10 FROM u WHERE $17::bytea IS NOT NULL) \
+             SELECT w.wait, u.id, u.email, u.is_active, u.created_at, u.email_verified \
+             FROM w LEFT JOIN u ON true"
             ),
             &window.with(&[
                 (&id, Type::UUID),
@@ -165,12 +162,19 @@ pub async fn insert_user(
         .await;
     let row = row?.ok_or(DbError::NoRow("insert_user"))?;
     counted(&row)?.map_err(InsertError::Limited)?;
-    match row
+    if row
         .try_get::<_, Option<Uuid>>("id")
         .map_err(DbError::Query)?
+        .is_some()
     {
+        return Ok(user_from(&row)?);
+    }
+    // Taken, unless by this very call: a retry whose first try committed, before this statement
+    // began or while it waited on the first try's row (its snapshot cannot see that one, so a
+    // statement of its own looks).
+    match find_by_id(db, id).await? {
+        Some(user) => Ok(user),
         None => Err(InsertError::EmailTaken),
-        Some(_) => Ok(user_from(&row)?),
     }
 }
 
@@ -456,17 +460,20 @@ pub async fn audit(
 }
 
 /// A refused request's audit row on a route guarded by the window, counted in it by the same
-/// statement: when the window is full, the refusal recorded is the window's instead. Never
-/// retried, as [`audit`].
+/// statement: when the window is full, the refusal recorded is the window's instead. Unlike
+/// [`audit`], retried on a fresh connection when the first one was dead (the first request
+/// after a thaw), so the request is still counted; a retry after a lost answer may count the
+/// refusal twice in its audit row's count, never in the window (the request's id).
 pub async fn refuse(
     db: &Db,
     window: &Window<'_>,
     event: &AuditEvent<'_>,
     origin: &Origin,
 ) -> Result<Result<(), Limited>, DbError> {
+    debug_assert!(event.refusal, "store::refuse writes refusals only");
     let source = origin.refusal_source();
     let rows = db
-        .query_once(
+        .query(
             windowed!(
                 " SELECT w.wait FROM w LEFT JOIN LATERAL \
                       (SELECT auth_refusal($7, $8, $9, $10, $11, $12, $13) WHERE w.wait IS NULL OFFSET 0) a \

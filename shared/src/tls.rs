@@ -20,7 +20,7 @@ use openssl::{
         Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions, SslRef,
         SslVerifyMode, SslVersion,
     },
-    x509::{X509, store::X509Lookup, verify::X509CheckFlags},
+    x509::{X509, X509VerifyResult, store::X509Lookup, verify::X509CheckFlags},
 };
 use std::{
     future::Future,
@@ -90,11 +90,17 @@ impl MakeConnector {
     pub fn new(settings: &Settings) -> Result<Self, SetupError> {
         let library = |_| SetupError::Library;
         let mut context = SslContextBuilder::new(SslMethod::tls_client()).map_err(library)?;
-        context.set_options(SslOptions::NO_COMPRESSION);
+        // SslConnector's options and modes (RELEASE_BUFFERS: an idle pooled connection keeps
+        // no 32 KiB of buffers).
+        context.set_options(
+            (SslOptions::ALL | SslOptions::NO_COMPRESSION)
+                - SslOptions::DONT_INSERT_EMPTY_FRAGMENTS,
+        );
         context.set_mode(
             SslMode::AUTO_RETRY
                 | SslMode::ACCEPT_MOVING_WRITE_BUFFER
-                | SslMode::ENABLE_PARTIAL_WRITE,
+                | SslMode::ENABLE_PARTIAL_WRITE
+                | SslMode::RELEASE_BUFFERS,
         );
         context
             .set_min_proto_version(Some(SslVersion::TLS1_2))
@@ -125,30 +131,38 @@ impl MakeConnector {
     }
 }
 
-/// The system roots: lazily from every hashed directory found, else parsed from the bundle.
-/// `SSL_CERT_DIR` and `SSL_CERT_FILE` are honoured first, as OpenSSL itself does.
+/// The system roots, as OpenSSL's default paths name them, but lazily: `SSL_CERT_DIR` (a
+/// `:`-separated list) replaces the system's directories and `SSL_CERT_FILE` adds a bundle,
+/// as in OpenSSL; otherwise every hashed system directory found, and the system bundle only
+/// where there is none.
 fn add_system_roots(context: &mut SslContextBuilder) -> Result<(), openssl::error::ErrorStack> {
-    let probe = openssl_probe::probe();
-    let hashed: Vec<PathBuf> = probe
-        .cert_dir
-        .into_iter()
-        .chain(EXTRA_HASHED_DIRS.iter().map(PathBuf::from))
-        .filter(|dir| is_hashed_directory(dir))
-        .collect();
-    if hashed.is_empty() {
-        if let Some(bundle) = probe.cert_file {
-            context
-                .cert_store_mut()
-                .add_lookup(X509Lookup::file())?
-                .load_cert_file(bundle, SslFiletype::PEM)?;
-        }
-        return Ok(());
+    let dirs: Vec<PathBuf> = match std::env::var_os("SSL_CERT_DIR") {
+        Some(list) => std::env::split_paths(&list).collect(),
+        None => openssl_probe::candidate_cert_dirs()
+            .map(Path::to_path_buf)
+            .chain(EXTRA_HASHED_DIRS.iter().map(PathBuf::from))
+            .filter(|dir| is_hashed_directory(dir))
+            .collect(),
+    };
+    let bundle = match std::env::var_os("SSL_CERT_FILE") {
+        Some(file) => Some(PathBuf::from(file)),
+        None if dirs.is_empty() => openssl_probe::probe().cert_file,
+        None => None,
+    };
+    if let Some(bundle) = bundle {
+        // A bundle that cannot be read trusts nothing, as in OpenSSL: the handshake says so.
+        let _ = context
+            .cert_store_mut()
+            .add_lookup(X509Lookup::file())?
+            .load_cert_file(bundle, SslFiletype::PEM);
     }
-    let lookup = context
-        .cert_store_mut()
-        .add_lookup(X509Lookup::hash_dir())?;
-    for dir in hashed.iter().filter_map(|dir| dir.to_str()) {
-        lookup.add_dir(dir, SslFiletype::PEM)?;
+    if !dirs.is_empty() {
+        let lookup = context
+            .cert_store_mut()
+            .add_lookup(X509Lookup::hash_dir())?;
+        for dir in dirs.iter().filter_map(|dir| dir.to_str()) {
+            lookup.add_dir(dir, SslFiletype::PEM)?;
+        }
     }
     Ok(())
 }
@@ -220,7 +234,15 @@ where
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
             let mut stream = tokio_openssl::SslStream::new(self.ssl, stream)?;
-            Pin::new(&mut stream).connect().await?;
+            if let Err(error) = Pin::new(&mut stream).connect().await {
+                // The handshake error says only that verification failed; the verify result
+                // says which check (an unknown issuer, a host name that does not match).
+                let verify = stream.ssl().verify_result();
+                return Err(match verify == X509VerifyResult::OK {
+                    true => error.into(),
+                    false => format!("{error}: {}", verify.error_string()).into(),
+                });
+            }
             // Without SSLRequest nothing else tells a PostgreSQL server from any TLS server
             // (libpq insists on the protocol too).
             if self.direct && stream.ssl().selected_alpn_protocol() != Some(b"postgresql") {

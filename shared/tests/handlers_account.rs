@@ -72,7 +72,6 @@ impl Route {
         }
     }
 
-    /// Whether the per-address window applies (API.md: every route that takes no bearer token).
     async fn call(self, state: &AppState, req: Request) -> Response<Body> {
         let response = match self {
             Verify | Resend => handlers::email(state, req).await,

@@ -644,20 +644,21 @@ async fn a_request_over_the_window_changes_nothing_but_the_windows_audit() {
         .expect("q")
         .get(0);
     assert_eq!(refusals, 5, "each refusal audited once, by the window");
-    // An instance that saw the window refuse answers that network's next requests itself
-    // until the wait is over: no argon2, no round trip, no second audit row.
-    let instance = fresh();
+    // An instance that saw the window refuse a network checks that network's window first at
+    // register, before argon2 (this instance has none: reaching it would be an internal error).
+    let mut instance = fresh();
     over(
         auth::login(&instance, creds(&email, STRONG_PASSWORD), &from)
             .await
             .map(drop),
         "login, refused by the window",
     );
+    instance.passwords = None;
     over(
         auth::register(&instance, creds(&unique_email(), STRONG_PASSWORD), &from)
             .await
             .map(drop),
-        "register, refused from memory",
+        "register, its window checked before argon2",
     );
     let refusals: i64 = db
         .query_one(
@@ -668,15 +669,23 @@ async fn a_request_over_the_window_changes_nothing_but_the_windows_audit() {
         .await
         .expect("q")
         .get(0);
-    assert_eq!(refusals, 6, "the remembered refusal reached no database");
+    assert_eq!(refusals, 7, "both refusals audited");
     assert_eq!(counts(&db).await, before, "nothing changed");
     let elsewhere = Origin {
         source_ip: Some("198.51.100.9".into()),
         user_agent: None,
     };
-    auth::check_source_address(&instance, &elsewhere, "login")
+    assert_eq!(
+        auth::register(
+            &instance,
+            creds(&unique_email(), STRONG_PASSWORD),
+            &elsewhere
+        )
         .await
-        .expect("another network is not remembered");
+        .err(),
+        Some(AuthError::Internal),
+        "another network is not remembered: it goes on to argon2"
+    );
     // The refresh token was not rotated by the refused refresh: it still works elsewhere.
     auth::refresh(&state, &tokens.refresh_token, &nobody())
         .await

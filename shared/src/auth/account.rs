@@ -133,7 +133,7 @@ pub async fn request_mail(
         interval_secs: settings.resend_interval.as_secs_f64(),
         per_hour: settings.max_per_hour,
     };
-    let window = super::window(state, origin, ask.route())?;
+    let window = super::window(state, origin, ask.route());
     let outcome = store::mail_request(
         &state.db,
         &window,
@@ -193,7 +193,7 @@ pub async fn verify_email(
     origin: &Origin,
 ) -> Result<User, AuthError> {
     const EVENT: &str = "email.verify_failed";
-    let window = super::window(state, origin, "email_verify")?;
+    let window = super::window(state, origin, "email_verify");
     let Some(raw) = refresh::decode(token) else {
         return Err(malformed_link(state, &window, EVENT, origin).await);
     };
@@ -231,7 +231,7 @@ pub async fn reset_password(
     origin: &Origin,
 ) -> Result<(), AuthError> {
     const EVENT: &str = "password.reset_failed";
-    let window = super::window(state, origin, "password_reset")?;
+    let window = super::window(state, origin, "password_reset");
     let Some(raw) = refresh::decode(token) else {
         return Err(malformed_link(state, &window, EVENT, origin).await);
     };

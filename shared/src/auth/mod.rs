@@ -81,27 +81,14 @@ fn seconds_until(until: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
 }
 
 /// A request's place in its source network's window (docs/api.md "Limits against guessing"),
-/// counted by the statement that does the route's work, so that it costs no round trip; or
-/// the `429` when this instance saw the window refuse the network and its wait is not over.
-fn window<'a>(
-    state: &AppState,
-    origin: &'a Origin,
-    route: &'static str,
-) -> Result<Window<'a>, AuthError> {
-    let now = state.now();
-    let limit = state.config.ip_rate_limit_per_minute;
-    if let Some(network) = origin.refusal_source().filter(|_| limit > 0)
-        && let Some(retry_after_secs) = state.refused.wait(&network, now)
-    {
-        tracing::info!(
-            event = "rate_limit.exceeded",
-            route,
-            retry_after_secs,
-            remembered = true
-        );
-        return Err(AuthError::TooManyRequests { retry_after_secs });
-    }
-    Ok(Window::new(origin, limit, route, now))
+/// counted by the statement that does the route's work, so that it costs no round trip.
+fn window<'a>(state: &AppState, origin: &'a Origin, route: &'static str) -> Window<'a> {
+    Window::new(
+        origin,
+        state.config.ip_rate_limit_per_minute,
+        route,
+        state.now(),
+    )
 }
 
 /// The window's refusal, logged and remembered; the statement that found the window full wrote
@@ -147,10 +134,32 @@ pub async fn check_source_address(
     origin: &Origin,
     route: &'static str,
 ) -> Result<(), AuthError> {
-    let window = window(state, origin, route)?;
+    let window = window(state, origin, route);
     store::window(&state.db, &window)
         .await?
         .map_err(|over| limited(state, &window, over))
+}
+
+/// Register's window. Register hashes the password (and may ask the breach API) before the
+/// statement that counts its window: for a network this instance saw the window refuse, and
+/// whose wait is not over, the window is checked first by a statement of its own, so a client
+/// over its window costs no argon2 run. Counted there, the request is not counted again.
+async fn register_window<'a>(
+    state: &AppState,
+    origin: &'a Origin,
+) -> Result<Window<'a>, AuthError> {
+    let window = window(state, origin, "register");
+    let now = *window.now();
+    let remembered = window
+        .network()
+        .is_some_and(|network| state.refused.wait(network, now).is_some());
+    if !remembered {
+        return Ok(window);
+    }
+    store::window(&state.db, &window)
+        .await?
+        .map_err(|over| limited(state, &window, over))?;
+    Ok(Window::new(origin, 0, "register", now))
 }
 
 /// Registers a new account: validates the email and the password, hashes the password and
@@ -160,7 +169,7 @@ pub async fn register(
     credentials: Credentials,
     origin: &Origin,
 ) -> Result<User, AuthError> {
-    let window = &window(state, origin, "register")?;
+    let window = &register_window(state, origin).await?;
     let parsed = Email::parse(&credentials.email);
     let masked = parsed
         .as_ref()
@@ -251,7 +260,7 @@ pub async fn login(
     let network = origin.network();
     let config = &state.config;
     let limits = login_limits(config);
-    let window = window(state, origin, "login")?;
+    let window = window(state, origin, "login");
     let (found, attempt) = store::login_attempt(
         &state.db,
         &window,
@@ -404,7 +413,7 @@ pub async fn refresh(
     origin: &Origin,
 ) -> Result<Tokens, AuthError> {
     let now = state.now();
-    let window = window(state, origin, "refresh")?;
+    let window = window(state, origin, "refresh");
     let Some(raw) = refresh::decode(refresh_token) else {
         tracing::info!(event = "refresh.failed", reason = "malformed");
         let event = AuditEvent::refusal("refresh.failed", "malformed");
@@ -473,10 +482,7 @@ async fn refuse(
     error: AuthError,
     origin: &Origin,
 ) -> AuthError {
-    let answer = match window(state, origin, route) {
-        Ok(window) => refused(state, &window, event, error, origin).await,
-        Err(remembered) => remembered,
-    };
+    let answer = refused(state, &window(state, origin, route), event, error, origin).await;
     if !matches!(answer, AuthError::TooManyRequests { .. }) {
         tracing::info!(
             event = "token.rejected",

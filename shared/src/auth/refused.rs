@@ -2,10 +2,9 @@
 //!
 //! The window is counted by the statement that does a route's work, and register hashes the
 //! password (and may ask the breach API) before that statement: without this memory a client
-//! over its window would still cost an argon2 run per request. A network remembered here is
-//! answered `429` with the rest of its wait, before any work: no argon2, no round trip. Only
-//! what the database said is remembered, so no request is refused that the window would have
-//! let through; these answers are logged, and not audited (the first refusal was).
+//! over its window would cost an argon2 run per request. For a network remembered here,
+//! register checks the window first, in a statement of its own (counted or refused and
+//! audited, as always), and only then hashes. Only what the database said is remembered.
 
 use chrono::{DateTime, Utc};
 use std::{collections::HashMap, sync::Mutex};
@@ -20,9 +19,18 @@ pub struct Refused {
 }
 
 impl Refused {
-    /// Remembers that `network` must wait `secs` from `now`.
+    /// Remembers that `network` must wait `secs` from `now`. The database rounds its wait up
+    /// to whole seconds: the second it may have added is not remembered, so this memory never
+    /// outlasts the window's refusal (the database decides that last second).
     pub fn remember(&self, network: &str, secs: u64, now: DateTime<Utc>) {
-        let until = now + chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2));
+        let Some(until) = i64::try_from(secs.saturating_sub(1))
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .and_then(|wait| now.checked_add_signed(wait))
+            .filter(|until| *until > now)
+        else {
+            return;
+        };
         let mut map = self
             .until
             .lock()
@@ -62,14 +70,25 @@ mod tests {
         let now = Utc::now();
         assert_eq!(refused.wait("203.0.113.1", now), None);
         refused.remember("203.0.113.1", 30, now);
-        assert_eq!(refused.wait("203.0.113.1", now), Some(30));
-        let later = now + chrono::Duration::milliseconds(10_500);
-        assert_eq!(refused.wait("203.0.113.1", later), Some(20), "rounded up");
-        assert_eq!(refused.wait("198.51.100.1", later), None, "another network");
         assert_eq!(
-            refused.wait("203.0.113.1", now + chrono::Duration::seconds(30)),
-            None
+            refused.wait("203.0.113.1", now),
+            Some(29),
+            "less the database's rounding"
         );
+        let later = now + chrono::Duration::milliseconds(10_500);
+        assert_eq!(refused.wait("203.0.113.1", later), Some(19), "rounded up");
+        assert_eq!(refused.wait("198.51.100.1", later), None, "another network");
+        let over = now + chrono::Duration::seconds(29);
+        assert_eq!(refused.wait("203.0.113.1", over), None);
+        refused.remember("203.0.113.2", 1, now);
+        assert_eq!(
+            refused.wait("203.0.113.2", now),
+            None,
+            "a 1 s wait is the database's"
+        );
+        refused.remember("203.0.113.3", u64::MAX, now);
+        // No overflow: a wait beyond any date is not remembered, the database decides.
+        assert_eq!(refused.wait("203.0.113.3", now), None);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! A function called through a `LATERAL` subquery is gated by `WHERE w.wait IS NULL OFFSET 0`:
 //! the fence keeps the subquery a plan of its own, where that condition is a one-time filter
 //! evaluated before the function runs.
+//!
+//! `auth_window` takes its network's advisory lock for the rest of the transaction, so the
+//! requests of one network (one NAT, say) take turns for the length of their statement, a
+//! few milliseconds, rather than of the window check alone. They cannot deadlock: each
+//! statement takes that lock first, and only that one.
 
 use crate::{
     db::{DbError, Param},

@@ -25,4 +25,4 @@ for function in "${FUNCTIONS[@]}"; do packages+=(-p "$function"); done
 cargo build --quiet "${packages[@]}"
 BENCH_FUNCTIONS="${FUNCTIONS[*]}" ROUND_TRIPS_BIN_DIR="${ROUND_TRIPS_BIN_DIR:-$ROOT/target/debug}" \
   cargo test --quiet --manifest-path tools/lambda-bench/Cargo.toml --target-dir "$ROOT/target" \
-  --test round_trips -- --nocapture
+  --lib --test round_trips -- --nocapture

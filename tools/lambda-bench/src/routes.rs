@@ -696,3 +696,25 @@ impl Lane for Mailer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_function_of_the_workspace_has_a_scenario() -> Result<()> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        check_coverage(&functions(&root)?)
+    }
+
+    #[test]
+    fn a_function_without_a_scenario_stops_the_run() {
+        let mut functions: Vec<String> = ROUTES.iter().map(|r| r.function.to_owned()).collect();
+        functions.push("newcomer".into());
+        let error = check_coverage(&functions).err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("newcomer")),
+            "{error:?}"
+        );
+    }
+}

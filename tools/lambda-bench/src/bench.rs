@@ -6,7 +6,7 @@ use crate::{
     Result, Samples, Settings, count_env,
     driver::{FunctionEnv, Instance, drive, drive_concurrently, memory_json, start_ready},
     load_average,
-    proxy::{CountingProxy, Totals, upstream_of},
+    proxy::{CountingProxy, Totals, WaitProxy, upstream_of},
     required_env,
     routes::{self, Floor, PASSWORD, Route, Setup},
     tokio_runtime,
@@ -82,6 +82,10 @@ pub struct Trips {
     pub first: Totals,
     /// Each later request.
     pub per_request: Vec<Totals>,
+    /// Each later request, event handed out → response received.
+    pub latency: Vec<Duration>,
+    /// Each later request's waits for the SMTP server (zero without an SMTP proxy).
+    pub smtp: Vec<Duration>,
 }
 
 impl Trips {
@@ -99,16 +103,47 @@ impl Trips {
     pub fn connects(&self) -> u64 {
         self.per_request.iter().map(|t| t.connects).sum()
     }
+
+    /// The later requests' time in their round trips, as the proxy timed them (query sent →
+    /// ReadyForQuery): the server's work and the loopback hops.
+    pub fn statements(&self) -> Samples {
+        let mut samples = Samples::default();
+        for t in &self.per_request {
+            samples.push(t.waited);
+        }
+        samples
+    }
+
+    /// The later requests' time at the SMTP server.
+    pub fn smtp(&self) -> Samples {
+        let mut samples = Samples::default();
+        for d in &self.smtp {
+            samples.push(*d);
+        }
+        samples
+    }
+
+    /// The later requests' time neither in a round trip nor at the SMTP server: the function's
+    /// own overhead (argon2 and any fixed answer time included).
+    pub fn own_overhead(&self) -> Samples {
+        let mut samples = Samples::default();
+        for ((latency, t), smtp) in self.latency.iter().zip(&self.per_request).zip(&self.smtp) {
+            samples.push(latency.saturating_sub(t.waited + *smtp));
+        }
+        samples
+    }
 }
 
-/// Starts `route`'s function on `env` pointed at `proxy` and counts what init, the first
-/// request and `runs` more make.
+/// Starts `route`'s function on `env` pointed at `proxy` (and its mail at `smtp`, when given)
+/// and counts and times what init, the first request and `runs` more make.
+#[allow(clippy::too_many_arguments)]
 pub fn count_round_trips(
     bin_dir: &Path,
     log: &Path,
     setup: &mut Setup,
     route: &Route,
     proxy: &CountingProxy,
+    smtp: Option<&WaitProxy>,
     proxied: &FunctionEnv,
     runs: usize,
 ) -> Result<Trips> {
@@ -117,21 +152,31 @@ pub fn count_round_trips(
     let mut instance = crate::driver::spawn_in(bin_dir, log, route.function, proxied)?;
     instance.wait_ready(Duration::from_secs(20))?;
     let init = proxy.totals() - before_init;
+    let smtp_waited = || smtp.map(WaitProxy::waited).unwrap_or_default();
     let mut marks = Vec::with_capacity(runs + 2);
+    let mut latency = Vec::with_capacity(runs + 1);
     for _ in 0..runs + 1 {
         let request = lane.next()?;
-        marks.push(proxy.totals());
+        marks.push((proxy.totals(), smtp_waited()));
         let answer = instance.call(&request)?;
+        latency.push(answer.latency);
         lane.check(&request, &answer)?;
     }
     // Whatever a request does after it answered belongs to it: let it finish.
     thread::sleep(Duration::from_millis(50));
-    marks.push(proxy.totals());
-    let diffs: Vec<Totals> = marks.windows(2).map(|w| w[1] - w[0]).collect();
+    marks.push((proxy.totals(), smtp_waited()));
+    let diffs: Vec<Totals> = marks.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let smtp = marks
+        .windows(2)
+        .skip(1)
+        .map(|w| w[1].1.saturating_sub(w[0].1))
+        .collect();
     Ok(Trips {
         init,
         first: diffs[0],
         per_request: diffs[1..].to_vec(),
+        latency: latency[1..].to_vec(),
+        smtp,
     })
 }
 
@@ -277,7 +322,9 @@ pub fn round_trips_mode(s: &Settings) -> Result<()> {
         &required_env("BENCH_MAILDEV_URL")?,
     );
     for route in routes::routes_of(&functions) {
-        let trips = count_round_trips(&s.bin_dir, &log, &mut setup, route, &proxy, &proxied, 5)?;
+        let trips = count_round_trips(
+            &s.bin_dir, &log, &mut setup, route, &proxy, None, &proxied, 5,
+        )?;
         println!(
             "{:<42} {:?} per request (first after init: {}, init: {} connection(s))",
             route.name,
@@ -388,20 +435,44 @@ pub fn runtime_mode(s: &Settings) -> Result<()> {
         verify.percentile(50.0)
     );
 
-    println!("== round trips per request (counted by a proxy in front of Postgres, plain TCP)");
+    println!(
+        "== round trips per request (counted and timed by a proxy in front of Postgres, plain TCP; mail through a timing proxy)"
+    );
     let proxy = CountingProxy::start(upstream_of(&plain_url)?)?;
-    let proxied = plain_env.with_database(&proxy.url_for(&plain_url)?);
+    let smtp_proxy = WaitProxy::start(upstream_of(&smtp_url)?)?;
+    let proxied = plain_env
+        .with_database(&proxy.url_for(&plain_url)?)
+        .with("SMTP_URL", &smtp_proxy.url_for(&smtp_url)?);
+    let trip_runs = count_env("BENCH_TRIP_RUNS", 30);
     let mut trips = serde_json::Map::new();
     for route in &routes {
-        let t = count_round_trips(&s.bin_dir, &log, &mut setup, route, &proxy, &proxied, 5)?;
+        let t = count_round_trips(
+            &s.bin_dir,
+            &log,
+            &mut setup,
+            route,
+            &proxy,
+            Some(&smtp_proxy),
+            &proxied,
+            trip_runs,
+        )?;
         let per_request = match t.exact() {
             Ok(n) => json!(n),
             Err(list) => json!(list),
         };
+        let (statements, smtp, own) = (t.statements(), t.smtp(), t.own_overhead());
         println!(
-            "{:<42} {per_request} per request, first after init {}",
-            route.name, t.first.queries
+            "{:<42} {per_request} per request, first after init {}; statements p50 {:.3} ms, SMTP p50 {:.3} ms, own overhead p50 {:.3} ms",
+            route.name,
+            t.first.queries,
+            statements.percentile(50.0),
+            smtp.percentile(50.0),
+            own.percentile(50.0)
         );
+        let mut request = Samples::default();
+        for d in &t.latency {
+            request.push(*d);
+        }
         let waited: Vec<f64> = t
             .per_request
             .iter()
@@ -413,6 +484,10 @@ pub fn runtime_mode(s: &Settings) -> Result<()> {
                 "per_request": per_request,
                 "connects_per_request": t.connects(),
                 "waited_ms": waited,
+                "request": request.json(),
+                "statements": statements.json(),
+                "smtp": smtp.json(),
+                "own_overhead": own.json(),
                 "first": totals_json(&t.first),
                 "init": totals_json(&t.init),
             }),

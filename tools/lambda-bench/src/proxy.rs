@@ -4,6 +4,7 @@
 //! its `ReadyForQuery` — the database's share of a request as the function sees it. A
 //! connection's set-up (the startup packet and each authentication message, up to the first
 //! `ReadyForQuery`) is counted apart, so a request that has to connect shows as such.
+//! [`WaitProxy`] times SMTP to MailDev the same way: each wait for the server's reply.
 
 use crate::Result;
 use std::{
@@ -205,5 +206,106 @@ fn proxy_connection(client: TcpStream, server: TcpStream, stats: &Arc<Stats>) ->
             _ if reader.buffer().is_empty() => writer.flush()?,
             _ => {}
         }
+    }
+}
+
+/// A TCP proxy for a lock-step protocol (SMTP to MailDev): it times each wait of the client for
+/// the server, from the client's bytes (or its connection) to the server's next bytes. A
+/// request's SMTP exchange is then the server's share of it, as the DB proxy's round trips are.
+pub struct WaitProxy {
+    /// Where it listens (127.0.0.1).
+    pub port: u16,
+    waited_ns: Arc<AtomicU64>,
+}
+
+impl WaitProxy {
+    /// Listens on a free loopback port and forwards each connection to `upstream` (`host:port`).
+    pub fn start(upstream: String) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let waited_ns = Arc::new(AtomicU64::new(0));
+        let shared = waited_ns.clone();
+        thread::Builder::new()
+            .name("wait-proxy".into())
+            .spawn(move || {
+                for client in listener.incoming() {
+                    // The connection's set-up and the server's greeting are a wait too.
+                    let since = Instant::now();
+                    let Ok(client) = client else { continue };
+                    let Ok(server) = TcpStream::connect(&upstream) else {
+                        continue;
+                    };
+                    let waited = shared.clone();
+                    let _ =
+                        thread::Builder::new()
+                            .name("wait-proxy-conn".into())
+                            .spawn(move || {
+                                let _ = wait_connection(client, server, since, &waited);
+                            });
+                }
+            })?;
+        Ok(Self { port, waited_ns })
+    }
+
+    /// The time clients have waited for the server so far, in all.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::SeqCst))
+    }
+
+    /// `url` (`scheme://host:port…`) pointed at this proxy.
+    pub fn url_for(&self, url: &str) -> Result<String> {
+        let mut url = url::Url::parse(url)?;
+        url.set_host(Some("127.0.0.1"))?;
+        url.set_port(Some(self.port))
+            .map_err(|()| "cannot set the proxy's port")?;
+        Ok(url.to_string())
+    }
+}
+
+fn wait_connection(
+    client: TcpStream,
+    server: TcpStream,
+    since: Instant,
+    waited_ns: &Arc<AtomicU64>,
+) -> io::Result<()> {
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    // When the client began waiting for the server, while it waits.
+    let waiting = Arc::new(Mutex::new(Some(since)));
+    let (mut from_server, mut to_client) = (server.try_clone()?, client.try_clone()?);
+    let (down_waiting, down_waited) = (waiting.clone(), waited_ns.clone());
+    thread::Builder::new()
+        .name("wait-proxy-down".into())
+        .spawn(move || -> io::Result<()> {
+            let mut buf = [0u8; 16384];
+            loop {
+                let n = from_server.read(&mut buf)?;
+                if n == 0 {
+                    return to_client.shutdown(std::net::Shutdown::Write);
+                }
+                let began = down_waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                if let Some(began) = began {
+                    let waited = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    down_waited.fetch_add(waited, Ordering::SeqCst);
+                }
+                to_client.write_all(&buf[..n])?;
+            }
+        })?;
+    let (mut from_client, mut to_server) = (client, server);
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = from_client.read(&mut buf)?;
+        if n == 0 {
+            return to_server.shutdown(std::net::Shutdown::Write);
+        }
+        // Set before forwarding, so an answer cannot come back before the wait began.
+        waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+        to_server.write_all(&buf[..n])?;
     }
 }

@@ -83,6 +83,12 @@ fn trips_of(runtime: &Value, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// A route's median time in its round trips (or at the SMTP server, `key` = "smtp") in the
+/// timed round-trip pass; NaN when that pass did not time it.
+fn proxy_p50(runtime: &Value, name: &str, key: &str) -> f64 {
+    ms(&runtime["round_trips"][name][key]["p50_ms"])
+}
+
 fn verdicts(runtime: &Value) -> Vec<Verdict> {
     let mut rows = Vec::new();
     let routes = &runtime["routes"];
@@ -100,22 +106,61 @@ fn verdicts(runtime: &Value) -> Vec<Verdict> {
             _ if r.floor == crate::routes::Floor::AnswerTime => (0.5, "p50 − MAIL_ANSWER_MS", 0.0),
             _ => (
                 0.5,
-                "p50 − argon2 − its round trips × one round trip",
+                "p50 − argon2 − its round trips × one `SELECT 1`",
                 trips_of(runtime, r.name),
             ),
         };
         let over = p50 - floor_ms(runtime, route, trips);
-        let note = if r.mails_inline {
-            " (includes one SMTP delivery to MailDev)"
+        let statements = proxy_p50(runtime, r.name, "statements");
+        let smtp = proxy_p50(runtime, r.name, "smtp");
+        // forgot and resend do their statements and SMTP inside the answer time: subtracting
+        // them too would count them twice. Without the timed pass, the old figure stands.
+        let timed = r.floor != crate::routes::Floor::AnswerTime
+            && !statements.is_nan()
+            && !(r.mails_inline && smtp.is_nan());
+        let (target, measured, judged) = if timed {
+            let argon2 = ms(&route["c1"]["argon2"]["p50_ms"]);
+            let argon2 = if argon2.is_nan() { 0.0 } else { argon2 };
+            let smtp = if r.mails_inline { smtp } else { 0.0 };
+            let own = p50 - argon2 - statements - smtp;
+            let mail = if r.mails_inline {
+                " − its SMTP exchange"
+            } else {
+                ""
+            };
+            (
+                format!(
+                    "{}: p50 − argon2 − its statements{mail}, as timed at the proxies",
+                    r.name
+                ),
+                format!(
+                    "{own:.3} ms (p50 {p50:.3} ms; {what}: {over:.3} ms; statements p50 {statements:.3} ms{})",
+                    if r.mails_inline {
+                        format!(", SMTP p50 {smtp:.3} ms")
+                    } else {
+                        String::new()
+                    }
+                ),
+                own,
+            )
         } else {
-            ""
+            let note = if r.mails_inline {
+                " (includes one SMTP delivery to MailDev)"
+            } else {
+                ""
+            };
+            (
+                format!("{}: {what}{note}", r.name),
+                format!("{over:.3} ms (p50 {p50:.3} ms)"),
+                over,
+            )
         };
         rows.push(Verdict {
-            target: format!("{}: {what}{note}", r.name),
-            measured: format!("{over:.3} ms (p50 {p50:.3} ms)"),
+            target,
+            measured,
             goal: format!("≤ {goal} ms"),
-            met: over <= goal,
-            margin: format!("{:+.3} ms", over - goal),
+            met: judged <= goal,
+            margin: format!("{:+.3} ms", judged - goal),
         });
     }
     let worst_init = |key: &str| -> (f64, String) {
@@ -255,6 +300,8 @@ pub fn report_mode(s: &Settings) -> Result<()> {
     line(String::new());
     line("Floors are measured by the harness between the route's own invocations (argon2id through `Passwords`, one `SELECT 1` over TLS to the same cluster), so both see the same machine load.".into());
     line(String::new());
+    line("A route's statements do real server work (plpgsql functions with several writes) that one `SELECT 1` does not, so the per-route rows judge the function's own overhead: p50 − argon2 − the median time of its statements as the counting proxy timed them in the round-trip pass (query sent → `ReadyForQuery`, plain TCP, the proxy's hop included) − for routes that mail before answering, the median SMTP exchange as a timing proxy in front of MailDev saw it (each wait for the server's reply). The old figure (n × `SELECT 1`) stays in the row. forgot and resend keep p50 − `MAIL_ANSWER_MS`: their statements and SMTP run inside that fixed answer time, so the harness cannot split what is left after it into server time and the function's own.".into());
+    line(String::new());
     line("| target | measured | goal | verdict |".into());
     line("| --- | --- | --- | --- |".into());
     for v in &rows {
@@ -303,10 +350,10 @@ pub fn report_mode(s: &Settings) -> Result<()> {
 
     line("## Every route".into());
     line(String::new());
-    line("Cold init: spawn → first `GET /next` with a verified TLS connection to the local cluster. First request: the one right after that init. Warm: event handed out → response received, over TLS; c=4 is four instances driven at once. Round trips: counted per request at the proxy (plain TCP), after a warm-up. Peak RSS: VmHWM after the c=1 run. Zip: x86_64, stripped.".into());
+    line("Cold init: spawn → first `GET /next` with a verified TLS connection to the local cluster. First request: the one right after that init. Warm: event handed out → response received, over TLS; c=4 is four instances driven at once. Round trips: counted per request at the proxy (plain TCP), after a warm-up. Statements (server) and own overhead come from that round-trip pass (warm requests, plain TCP): statements is the request's time in its round trips as the proxy timed them (query sent → `ReadyForQuery`); own overhead is the request's time (event handed out → response) minus its statements and its SMTP exchange (timed at a proxy in front of MailDev), argon2 and, for forgot and resend, the wait to `MAIL_ANSWER_MS` included. Peak RSS: VmHWM after the c=1 run. Zip: x86_64, stripped.".into());
     line(String::new());
-    line("| route | function | cold init | first request | c=1 p50 | c=1 p99 | c=4 p50 | c=4 p99 | round trips | peak RSS | zip |".into());
-    line("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |".into());
+    line("| route | function | cold init | first request | c=1 p50 | c=1 p99 | c=4 p50 | c=4 p99 | round trips | statements (server) p50 | own overhead p50 | peak RSS | zip |".into());
+    line("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |".into());
     for r in ROUTES {
         let route = &runtime["routes"][r.name];
         if route.is_null() {
@@ -322,8 +369,9 @@ pub fn report_mode(s: &Settings) -> Result<()> {
             .and_then(|s| s["x86_64"][r.function]["zip"].as_f64())
             .map(mib)
             .unwrap_or_else(|| "—".into());
+        let trips = &runtime["round_trips"][r.name];
         line(format!(
-            "| {} | {} | {:.2} ms | {} | {} | {} | {} | {} | {} | {} | {zip} |",
+            "| {} | {} | {:.2} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} | {zip} |",
             r.name,
             r.function,
             ms(&runtime["init"][r.function]["tls_connected"]["p50_ms"]),
@@ -332,7 +380,9 @@ pub fn report_mode(s: &Settings) -> Result<()> {
             cell(&route["c1"]["p99_ms"]),
             cell(&route["c4"]["p50_ms"]),
             cell(&route["c4"]["p99_ms"]),
-            runtime["round_trips"][r.name]["per_request"],
+            trips["per_request"],
+            cell(&trips["statements"]["p50_ms"]),
+            cell(&trips["own_overhead"]["p50_ms"]),
             mib(ms(&route["memory_kib"]["peak_after_run"]) * 1024.0),
         ));
     }

@@ -138,9 +138,10 @@ fn every_route_makes_exactly_its_round_trips() -> Result<()> {
                 .find(|(name, _)| *name == route.name)
                 .map(|(_, n)| *n)
                 .unwrap_or_default();
-            let trips =
-                count_round_trips(&bin_dir, &log, &mut setup, route, &proxy, &proxied, RUNS)
-                    .map_err(|e| format!("{}: {e}", route.name))?;
+            let trips = count_round_trips(
+                &bin_dir, &log, &mut setup, route, &proxy, None, &proxied, RUNS,
+            )
+            .map_err(|e| format!("{}: {e}", route.name))?;
             let observed: Vec<u64> = trips.per_request.iter().map(|t| t.queries).collect();
             println!(
                 "{:<42} expected {expected}, observed {observed:?}",

@@ -554,6 +554,18 @@ async fn parallel_guesses_cannot_slip_past_the_backoff() {
     );
 }
 
+/// The window's refusals of 203.0.113.9, as its audit rows count them.
+async fn window_refusals(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT coalesce(sum(count), 0)::bigint FROM auth_events \
+         WHERE event = 'rate_limit.exceeded' AND source_ip = '203.0.113.9'",
+        &[],
+    )
+    .await
+    .expect("q")
+    .get(0)
+}
+
 /// Everything a request could change, but the window's own rows and audit.
 async fn counts(db: &tokio_postgres::Client) -> Vec<i64> {
     let row = db
@@ -634,15 +646,7 @@ async fn a_request_over_the_window_changes_nothing_but_the_windows_audit() {
         "refresh of a malformed token",
     );
     assert_eq!(counts(&db).await, before, "nothing changed");
-    let refusals: i64 = db
-        .query_one(
-            "SELECT coalesce(sum(count), 0)::bigint FROM auth_events \
-             WHERE event = 'rate_limit.exceeded' AND source_ip = '203.0.113.9'",
-            &[],
-        )
-        .await
-        .expect("q")
-        .get(0);
+    let refusals = window_refusals(&db).await;
     assert_eq!(refusals, 5, "each refusal audited once, by the window");
     // An instance that saw the window refuse a network checks that network's window first at
     // register, before argon2 (this instance has none: reaching it would be an internal error).
@@ -660,15 +664,7 @@ async fn a_request_over_the_window_changes_nothing_but_the_windows_audit() {
             .map(drop),
         "register, its window checked before argon2",
     );
-    let refusals: i64 = db
-        .query_one(
-            "SELECT coalesce(sum(count), 0)::bigint FROM auth_events \
-             WHERE event = 'rate_limit.exceeded' AND source_ip = '203.0.113.9'",
-            &[],
-        )
-        .await
-        .expect("q")
-        .get(0);
+    let refusals = window_refusals(&db).await;
     assert_eq!(refusals, 7, "both refusals audited");
     assert_eq!(counts(&db).await, before, "nothing changed");
     let elsewhere = Origin {

@@ -443,20 +443,27 @@ pub async fn audit(
     } else {
         origin.source_ip.clone()
     };
-    db.query_once(
-        sql,
-        &[
-            (&now, Type::TIMESTAMPTZ),
-            (&event.event, Type::TEXT),
-            (&event.reason, Type::TEXT),
-            (&event.user_id, Type::UUID),
-            (&event.session_id, Type::UUID),
-            (&source, Type::TEXT),
-            (&origin.user_agent, Type::TEXT),
-        ],
-    )
-    .await?;
+    db.query_once(sql, &audit_params(&now, event, &source, origin))
+        .await?;
     Ok(())
+}
+
+/// An audit row's parameters, in the order of `auth_refusal` and of the plain insert.
+fn audit_params<'a>(
+    now: &'a DateTime<Utc>,
+    event: &'a AuditEvent<'_>,
+    source: &'a Option<String>,
+    origin: &'a Origin,
+) -> [crate::db::Param<'a>; 7] {
+    [
+        (now, Type::TIMESTAMPTZ),
+        (&event.event, Type::TEXT),
+        (&event.reason, Type::TEXT),
+        (&event.user_id, Type::UUID),
+        (&event.session_id, Type::UUID),
+        (source, Type::TEXT),
+        (&origin.user_agent, Type::TEXT),
+    ]
 }
 
 /// A refused request's audit row on a route guarded by the window, counted in it by the same
@@ -479,15 +486,7 @@ pub async fn refuse(
                       (SELECT auth_refusal($7, $8, $9, $10, $11, $12, $13) WHERE w.wait IS NULL OFFSET 0) a \
                   ON true"
             ),
-            &window.with(&[
-                (&window.now(), Type::TIMESTAMPTZ),
-                (&event.event, Type::TEXT),
-                (&event.reason, Type::TEXT),
-                (&event.user_id, Type::UUID),
-                (&event.session_id, Type::UUID),
-                (&source, Type::TEXT),
-                (&origin.user_agent, Type::TEXT),
-            ]),
+            &window.with(&audit_params(window.now(), event, &source, origin)),
         )
         .await?;
     counted(rows.first().ok_or(DbError::NoRow("refuse"))?)

@@ -9,7 +9,8 @@ API. Two things make it worth having over cargo lambda watch's own HTTP front:
   loopback addresses (127.0.0.0/8) to act as several users;
 - a JSON body that is not valid UTF-8 reaches the function base64-encoded, as API Gateway
   passes it, instead of cargo lambda watch's own 500.
-Unrouted requests get API Gateway's `404 {"message":"Not Found"}`.
+Requests no route takes go to the `$default` route's function; without one they get API
+Gateway's `404 {"message":"Not Found"}`.
 
 Routes match as API Gateway's do: a path segment `{name}` matches one segment (its value in
 `pathParameters`), a last segment `{name+}` the rest of the path; a route without parameters
@@ -74,7 +75,8 @@ def route(routes, method, path):
     """(function, routeKey, pathParameters or None) for a request, or None when unrouted.
 
     Exact routes first, then templates with the most literal segments first (API Gateway
-    prefers the most specific route); at each step a route of the request's method over `*`.
+    prefers the most specific route); at each step a route of the request's method over `*`;
+    last the `$default` route, if the table has one.
     """
     for candidate in (method, "*"):
         function = routes.get((path, candidate))
@@ -90,7 +92,8 @@ def route(routes, method, path):
         params = match_template(template, path)
         if params is not None:
             return function, f"{'ANY' if candidate == '*' else candidate} {template}", params
-    return None
+    function = routes.get(("$default", "*"))
+    return (function, "$default", None) if function else None
 
 
 ROUTES = load_routes()
@@ -214,7 +217,12 @@ class Gateway(http.server.BaseHTTPRequestHandler):
         headers.extend(("Set-Cookie", c) for c in answer.get("cookies") or [])
         return int(answer["statusCode"]), headers, payload
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = handle_any
+    def __getattr__(self, name):
+        # http.server looks up do_<METHOD> and answers 501 (an HTML page) when there is none:
+        # API Gateway routes any method (TRACE, QUERY, ...), so every one goes through routing.
+        if name.startswith("do_"):
+            return self.handle_any
+        raise AttributeError(name)
 
 
 def main():

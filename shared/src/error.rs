@@ -52,6 +52,10 @@ pub enum AuthError {
     SessionNotFound,
     /// 503: the route exists only to send mail, and mail is off (`SMTP_URL` unset).
     MailUnavailable,
+    /// 404: no route has this path (API Gateway's `$default` route, see [`crate::openapi`]).
+    NotFound,
+    /// 405: the path has routes, none for this method; `allow` lists the methods it has.
+    MethodNotAllowed { allow: &'static str },
     /// 500: anything else. The cause is logged where it happens, never sent.
     Internal,
 }
@@ -75,7 +79,8 @@ impl AuthError {
             | Self::AccountLocked
             | Self::EmailNotVerified
             | Self::WrongPassword => 403,
-            Self::SessionNotFound => 404,
+            Self::SessionNotFound | Self::NotFound => 404,
+            Self::MethodNotAllowed { .. } => 405,
             Self::TooManyRequests { .. } => 429,
             Self::ServiceUnavailable { .. } | Self::MailUnavailable => 503,
             Self::Internal => 500,
@@ -107,6 +112,8 @@ impl AuthError {
             Self::WrongPassword => "wrong_password",
             Self::SessionNotFound => "session_not_found",
             Self::MailUnavailable => "mail_unavailable",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Internal => "internal_error",
         }
     }
@@ -133,7 +140,8 @@ impl AuthError {
             | Self::AccountLocked
             | Self::EmailNotVerified
             | Self::WrongPassword => "Forbidden",
-            Self::SessionNotFound => "Not Found",
+            Self::SessionNotFound | Self::NotFound => "Not Found",
+            Self::MethodNotAllowed { .. } => "Method Not Allowed",
             Self::TooManyRequests { .. } => "Too Many Requests",
             Self::ServiceUnavailable { .. } | Self::MailUnavailable => "Service Unavailable",
             Self::Internal => "Internal Server Error",
@@ -178,6 +186,8 @@ impl AuthError {
             }
             Self::WrongPassword => "The current password is incorrect.".into(),
             Self::SessionNotFound => "There is no such live session.".into(),
+            Self::NotFound => "There is no such resource.".into(),
+            Self::MethodNotAllowed { allow } => format!("This resource allows only {allow}."),
             Self::MailUnavailable => {
                 "Email is not available on this service, so this cannot be done now.".into()
             }
@@ -342,6 +352,13 @@ mod tests {
                 "mail_unavailable",
                 "Service Unavailable",
             ),
+            (AuthError::NotFound, 404, "not_found", "Not Found"),
+            (
+                AuthError::MethodNotAllowed { allow: "GET" },
+                405,
+                "method_not_allowed",
+                "Method Not Allowed",
+            ),
             (
                 AuthError::Internal,
                 500,
@@ -375,7 +392,9 @@ mod tests {
             AuthError::WrongPassword => 19,
             AuthError::SessionNotFound => 20,
             AuthError::MailUnavailable => 21,
-            AuthError::Internal => 22,
+            AuthError::NotFound => 22,
+            AuthError::MethodNotAllowed { .. } => 23,
+            AuthError::Internal => 24,
         }
     }
 

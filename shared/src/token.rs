@@ -13,7 +13,7 @@ use jsonwebtoken::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::{fmt, time::Duration};
+use std::{fmt, sync::OnceLock, time::Duration};
 use uuid::Uuid;
 
 /// Clock skew tolerated on `exp` (docs/api.md allows at most 30 s).
@@ -121,6 +121,9 @@ pub struct TokenKeys {
     ttl: Duration,
     jwks: String,
     discovery: String,
+    /// The served OpenAPI document, built on its first request (not at init: it is rarely
+    /// asked for, and cacheable).
+    openapi: OnceLock<String>,
 }
 
 impl fmt::Debug for TokenKeys {
@@ -225,6 +228,7 @@ impl TokenKeys {
             ttl: config.access_token_ttl,
             jwks: json!({ "keys": jwks }).to_string(),
             discovery,
+            openapi: OnceLock::new(),
         })
     }
 
@@ -329,6 +333,12 @@ impl TokenKeys {
     pub fn discovery_json(&self) -> &str {
         &self.discovery
     }
+
+    /// The OpenAPI document with this issuer as its server (see [`crate::openapi::served`]).
+    pub fn openapi_json(&self) -> &str {
+        self.openapi
+            .get_or_init(|| crate::openapi::served(&self.issuer))
+    }
 }
 
 fn rsa_jwk(kid: &str, n: &str, e: &str) -> serde_json::Value {
@@ -348,6 +358,7 @@ fn discovery_document(issuer: &str, algorithm: Algorithm) -> String {
         "issuer": issuer,
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "authorization_endpoint": format!("{base}/auth/login"),
+        "service_documentation": format!("{base}/openapi.json"),
         "response_types_supported": ["token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [alg],

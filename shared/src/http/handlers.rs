@@ -17,7 +17,8 @@ use lambda_http::{Body, Error, Request, Response, http::Method};
 use serde::Serialize;
 
 /// How long clients and API Gateway's JWT authorizer may cache the key set and discovery
-/// document. Short enough that a key added for rotation is seen well before it signs.
+/// document (and the OpenAPI document, alike). Short enough that a key added for rotation is
+/// seen well before it signs.
 const KEYS_MAX_AGE_SECS: u32 = 300;
 
 /// The public view of a user (register's 201 and me's 200).
@@ -133,12 +134,20 @@ pub async fn logout(state: &AppState, req: Request) -> Result<Response<Body>, Er
     Ok(render(result, |()| no_content()))
 }
 
-/// `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`, cacheable.
+/// `GET /.well-known/jwks.json`, `GET /.well-known/openid-configuration` and
+/// `GET /openapi.json`, cacheable; and every request no route takes (API Gateway's `$default`
+/// route): `405` with `Allow` on a path that has other methods, else `404`.
 pub async fn keys(tokens: &TokenKeys, req: Request) -> Result<Response<Body>, Error> {
-    let document = if req.uri().path().ends_with("/openid-configuration") {
-        tokens.discovery_json()
-    } else {
-        tokens.jwks_json()
+    let document = match route(&req) {
+        (Method::GET, "/.well-known/jwks.json") => tokens.jwks_json(),
+        (Method::GET, "/.well-known/openid-configuration") => tokens.discovery_json(),
+        (Method::GET, "/openapi.json") => tokens.openapi_json(),
+        (method, path) => {
+            return Ok(match crate::openapi::unrouted(method.as_str(), path) {
+                Some(error) => super::problem(&error),
+                None => unrouted(&req),
+            });
+        }
     };
     Ok(public_json(document, KEYS_MAX_AGE_SECS))
 }

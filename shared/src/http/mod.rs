@@ -10,7 +10,9 @@ use lambda_http::{
     Body, Request, RequestExt, Response,
     http::{
         HeaderMap, HeaderValue, StatusCode,
-        header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE},
+        header::{
+            ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+        },
     },
     request::RequestContext,
 };
@@ -215,6 +217,9 @@ pub fn problem(error: &AuthError) -> Response<Body> {
     }
     if let Some(seconds) = error.retry_after_secs() {
         headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if let AuthError::MethodNotAllowed { allow } = error {
+        headers.insert(ALLOW, HeaderValue::from_static(allow));
     }
     response
 }

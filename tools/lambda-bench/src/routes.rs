@@ -89,6 +89,7 @@ pub const ROUTES: &[Route] = &[
         "keys",
         Floor::RoundTrips,
     ),
+    route("GET /openapi.json", "keys", Floor::RoundTrips),
     Route {
         costly_setup: true,
         ..route("POST /auth/email/verify", "email", Floor::RoundTrips)
@@ -452,7 +453,9 @@ impl Setup {
                 }
                 Box::new(Prepared::new(requests))
             }
-            "GET /.well-known/jwks.json" | "GET /.well-known/openid-configuration" => {
+            "GET /.well-known/jwks.json"
+            | "GET /.well-known/openid-configuration"
+            | "GET /openapi.json" => {
                 let path = &name["GET ".len()..];
                 Box::new(Repeat(fixed(
                     apigw_event("GET", path, None, None),

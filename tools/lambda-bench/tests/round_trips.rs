@@ -34,6 +34,7 @@ const EXPECTED: &[(&str, u64)] = &[
     ("POST /auth/logout", 1),
     ("GET /.well-known/jwks.json", 0),
     ("GET /.well-known/openid-configuration", 0),
+    ("GET /openapi.json", 0),
     ("POST /auth/email/verify", 1),
     ("POST /auth/email/verify/resend", 2),
     ("POST /auth/password/forgot", 2),

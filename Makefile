@@ -7,7 +7,7 @@ MAILDEV_WEB_PORT ?= 1080
 # The Lambda functions: the functions/* workspace members, read by scripts/env.sh (one list).
 FUNCTIONS = $(shell source scripts/env.sh && echo "$${FUNCTIONS[@]}")
 
-.PHONY: help dev test check build lambda-build bench deploy venv migrate verify status events prune db-start db-stop db-url db-psql db-destroy maildev maildev-stop clean
+.PHONY: help dev test check build lambda-build bench fuzz deny contract deploy venv migrate verify status events prune db-start db-stop db-url db-psql db-destroy maildev maildev-stop clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -32,10 +32,19 @@ lambda-build: venv ## Build the arm64 Lambda zips into target/lambda/ (cargo-lam
 bench: ## Run the benchmarks (see BENCHMARKS.md)
 	@scripts/bench.sh
 
+fuzz: ## Coverage-guided fuzzing of the parsers, FUZZ_SECONDS (60) per target (docs/fuzzing.md)
+	@scripts/fuzz.sh
+
+deny: ## Supply chain: licenses, bans, sources, RustSec advisories offline (docs/supply-chain.md)
+	@scripts/deny.sh
+
+contract: ## Schemathesis against a running API: make contract URL=http://localhost:9000
+	@scripts/contract/run.sh "$(or $(URL),http://localhost:9000)" stranger
+
 deploy: venv ## Build and deploy with SAM (needs AWS credentials and the sam CLI)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" sam build --beta-features && sam deploy --guided
 
-venv: ## Install cargo-lambda, cfn-lint and pytest into .venv
+venv: ## Install cargo-lambda, cfn-lint, pytest and schemathesis into .venv
 	@source scripts/env.sh && ensure_venv
 
 migrate: ## Apply migrations to DATABASE_URL (environment, .env, else the local dev database)

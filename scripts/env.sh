@@ -18,7 +18,7 @@ for _function in "${FUNCTIONS[@]}"; do FUNCTION_BINS+=(--bin "$_function"); done
 unset _function
 has_function() { [[ " ${FUNCTIONS[*]} " == *" $1 "* ]]; }
 
-# The venv holds cargo-lambda, cfn-lint and pytest (scripts/requirements.txt), nothing global.
+# The venv holds cargo-lambda, cfn-lint, pytest and schemathesis (scripts/requirements.txt), nothing global.
 ensure_venv() {
   local stamp="$VENV/.requirements"
   if [[ -f "$stamp" ]] && cmp -s "$stamp" "$ROOT/scripts/requirements.txt"; then
@@ -26,7 +26,7 @@ ensure_venv() {
   fi
   python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
     { echo "python3 3.11 or newer is required (apt-get install -y python3 python3-venv)" >&2; exit 1; }
-  step "installing cargo-lambda, cfn-lint and pytest into .venv"
+  step "installing cargo-lambda, cfn-lint, pytest and schemathesis into .venv"
   if [[ ! -x "$VENV/bin/python" ]] && ! python3 -m venv "$VENV"; then
     echo "python3 -m venv failed: on Debian, apt-get install -y python3-venv" >&2
     exit 1

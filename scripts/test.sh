@@ -47,6 +47,9 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy "${BENCH_CRATE[@]}" --target-dir "$ROOT/target" --all-targets -- -D warnings
 
+step "cargo deny: advisories (offline RustSec snapshot), licenses, bans, sources"
+scripts/deny.sh
+
 step "throwaway postgres: plain (port $DB_PORT), TLS (port $FAULT_PORT), PgBouncer in front of each"
 scripts/pg.sh destroy test "$DB_PORT" >/dev/null 2>&1 || true
 scripts/pg.sh destroy faults "$FAULT_PORT" >/dev/null 2>&1 || true
@@ -70,6 +73,12 @@ export TEST_SMTP_URL TEST_MAILDEV_URL
 TEST_SMTP_URL="$(scripts/maildev.sh url "${TEST_MAILDEV[@]}")"
 TEST_MAILDEV_URL="$(scripts/maildev.sh web-url "${TEST_MAILDEV[@]}")"
 
+# node_modules/ is in place now (maildev.sh installs package-lock.json, @redocly/cli with it).
+step "openapi.yaml: redocly lint, openapi-spec-validator, and its routes against the router and template"
+node_modules/.bin/redocly lint openapi.yaml
+"$VENV/bin/openapi-spec-validator" openapi.yaml
+"$VENV/bin/pytest" -q scripts/contract 2>&1 | tee -a "$LOG"
+
 step "cargo test: unit, database, handler, fault and CLI tests"
 cargo test --workspace 2>&1 | tee -a "$LOG"
 
@@ -88,7 +97,7 @@ scripts/round-trips.sh 2>&1 | tee -a "$LOG"
 # fault test stops and restarts it with `scripts/maildev.sh stop|start $MAILDEV_CTL`, and runs
 # the mailer with `$CARGO_LAMBDA lambda invoke mailer --invoke-port $LAMBDA_INVOKE_PORT`).
 # MAIL_ANSWER_MS=200: forgot and resend answer after 200 ms instead of 500, for shorter timing tests.
-e2e() {
+serve() {  # serve PORT DATABASE_URL
   local port="$1" database_url="$2"
   local maildev=("e2e-$port" $((port + 26)) $((port + 81)))
   start_maildev "${maildev[@]}"
@@ -102,6 +111,11 @@ e2e() {
   DATABASE_URL="$database_url" setsid "$VENV/bin/cargo-lambda" $(watch_args "$port") --ignore-changes \
     >"$ROOT/target/e2e-watch-$port.log" 2>&1 &
   SERVER_PIDS="$SERVER_PIDS $!"
+}
+
+e2e() {  # e2e PORT DATABASE_URL
+  local port="$1" database_url="$2"
+  serve "$port" "$database_url"
   if ! API_URL="http://127.0.0.1:$port" DATABASE_URL="$database_url" "$VENV/bin/pytest" -q scripts/e2e 2>&1 | tee -a "$LOG"; then
     echo "end-to-end tests failed; the functions' log is in target/e2e-watch-$port.log" >&2
     exit 1
@@ -127,11 +141,34 @@ DATA_ENCRYPTION_KEY="$(openssl rand -base64 32)"
 JWT_PRIVATE_KEY="$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null)"
 e2e "$E2E_PORT" "$E2E_URL"
 
+# The contract (openapi.yaml) against the real functions, two ways (scripts/contract/run.sh):
+# as a stranger against the API above, which keeps its default limits, and, in the background
+# while the second end-to-end pass runs, with real accounts against an API of its own whose
+# per-address limit is off (one client address would otherwise meet 429 at its 61st sign-up).
+step "contract: schemathesis as a stranger against the end-to-end API (its limits on)"
+scripts/contract/run.sh "http://127.0.0.1:$E2E_PORT" stranger 2>&1 | tee -a "$LOG"
+CONTRACT_PORT=$((E2E_PORT + 20))
+scripts/pg.sh psql test "$DB_PORT" -qc 'CREATE DATABASE contract'
+CONTRACT_URL="$(scripts/pg.sh url test "$DB_PORT" contract)"
+DATABASE_URL="$CONTRACT_URL" cargo run --quiet -p cli --bin authctl -- migrate
+IP_RATE_LIMIT_PER_MINUTE=0 serve "$CONTRACT_PORT" "$CONTRACT_URL"
+scripts/contract/run.sh "http://127.0.0.1:$CONTRACT_PORT" accounts >"$ROOT/target/contract-accounts.log" 2>&1 &
+CONTRACT_PID=$!
+
 step "end-to-end over HTTP again: HS256, the functions reaching Postgres through PgBouncer"
 unset JWT_PRIVATE_KEY JWT_KEY_ID
 export JWT_SECRET
 JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
 e2e $((E2E_PORT + 10)) "$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" e2e)"
+
+step "contract: schemathesis with accounts (ran beside the second end-to-end pass)"
+contract_rc=0
+wait "$CONTRACT_PID" || contract_rc=$?
+tee -a "$LOG" <"$ROOT/target/contract-accounts.log"
+if [[ $contract_rc -ne 0 ]]; then
+  echo "the contract run with accounts failed; the functions' log is in target/e2e-watch-$CONTRACT_PORT.log" >&2
+  exit 1
+fi
 
 step "cfn-lint template.yaml"
 "$VENV/bin/cfn-lint" template.yaml

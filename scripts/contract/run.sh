@@ -6,8 +6,8 @@
 #
 #   scripts/contract/run.sh API_URL stranger|accounts
 #
-# stranger  as anyone on the internet can: no credentials, the API's own limits (a judge's run
-#           against `make dev` is this one);
+# stranger  as anyone on the internet can: the API's own limits, and only the account
+#           schemathesis signs up for itself (a run against `make dev` is this one);
 # accounts  the bearer routes with real tokens of fresh accounts (hooks.py), and the document's
 #           links followed (register → login → me, sessions, refresh, logout, ...). Meant for an
 #           API whose per-address limit is off (IP_RATE_LIMIT_PER_MINUTE=0), which make test
@@ -31,7 +31,10 @@ args=(--config-file "$ROOT/scripts/contract/schemathesis.toml" --no-color run "$
   --checks all --seed "$seed" --max-time "$seconds" --workers 2 --request-timeout 30
   --report junit --report-dir "$report")
 case "$mode" in
-  stranger) ;;
+  # ignored_auth wants 401 for a bad token, but once the address's window is full the contract
+  # answers 429 instead (refused tokens count against it): with limits on that check depends on
+  # timing, so it runs in the accounts mode, where the window is off and the answer is 401.
+  stranger) args+=(--exclude-checks ignored_auth) ;;
   accounts) export SCHEMATHESIS_HOOKS=hooks PYTHONPATH="$ROOT/scripts/contract" CONTRACT_API_URL="$url" ;;
   *) echo "run.sh: mode is stranger or accounts, not $mode" >&2; exit 2 ;;
 esac

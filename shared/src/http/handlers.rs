@@ -142,8 +142,9 @@ pub async fn keys(tokens: &TokenKeys, req: Request) -> Result<Response<Body>, Er
         (Method::GET, "/.well-known/jwks.json") => tokens.jwks_json(),
         (Method::GET, "/.well-known/openid-configuration") => tokens.discovery_json(),
         (Method::GET, "/openapi.json") => tokens.openapi_json(),
-        (method, path) => {
-            return Ok(match crate::openapi::unrouted(method.as_str(), path) {
+        // The path as sent: `route` trims a trailing slash, which no route has.
+        (method, _) => {
+            return Ok(match crate::openapi::unrouted(method.as_str(), req.uri().path()) {
                 Some(error) => super::problem(&error),
                 None => unrouted(&req),
             });

@@ -144,10 +144,12 @@ pub async fn keys(tokens: &TokenKeys, req: Request) -> Result<Response<Body>, Er
         (Method::GET, "/openapi.json") => tokens.openapi_json(),
         // The path as sent: `route` trims a trailing slash, which no route has.
         (method, _) => {
-            return Ok(match crate::openapi::unrouted(method.as_str(), req.uri().path()) {
-                Some(error) => super::problem(&error),
-                None => unrouted(&req),
-            });
+            return Ok(
+                match crate::openapi::unrouted(method.as_str(), req.uri().path()) {
+                    Some(error) => super::problem(&error),
+                    None => unrouted(&req),
+                },
+            );
         }
     };
     Ok(public_json(document, KEYS_MAX_AGE_SECS))

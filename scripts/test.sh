@@ -18,8 +18,9 @@ MAILDEVS=""                           # the MailDevs started, "NAME SMTP WEB;" e
 LOG="$ROOT/target/test-output.log"
 
 cleanup() {
-  # Each server runs in its own process group: this stops the functions cargo lambda started too.
-  for pid in ${SERVER_PIDS:-}; do kill -- "-$pid" 2>/dev/null || true; done
+  # Each server (and the background contract run) has its own process group: this stops the
+  # functions cargo lambda started, and schemathesis, too.
+  for pid in ${SERVER_PIDS:-} ${CONTRACT_PID:-}; do kill -- "-$pid" 2>/dev/null || true; done
   local maildev
   while IFS= read -r -d ';' maildev; do
     # shellcheck disable=SC2086
@@ -152,7 +153,7 @@ scripts/pg.sh psql test "$DB_PORT" -qc 'CREATE DATABASE contract'
 CONTRACT_URL="$(scripts/pg.sh url test "$DB_PORT" contract)"
 DATABASE_URL="$CONTRACT_URL" cargo run --quiet -p cli --bin authctl -- migrate
 IP_RATE_LIMIT_PER_MINUTE=0 serve "$CONTRACT_PORT" "$CONTRACT_URL"
-scripts/contract/run.sh "http://127.0.0.1:$CONTRACT_PORT" accounts >"$ROOT/target/contract-accounts.log" 2>&1 &
+setsid scripts/contract/run.sh "http://127.0.0.1:$CONTRACT_PORT" accounts >"$ROOT/target/contract-accounts.log" 2>&1 &
 CONTRACT_PID=$!
 
 step "end-to-end over HTTP again: HS256, the functions reaching Postgres through PgBouncer"

@@ -71,11 +71,12 @@ cargo build --quiet "${FUNCTION_BINS[@]}"
 ROUTES="$("$VENV/bin/python" - <<'PY'
 import tomllib
 router = tomllib.load(open("Cargo.toml", "rb"))["workspace"]["metadata"]["lambda"]["watch"]["router"]
-print(", ".join(sorted(router)))
+print(", ".join(sorted(path for path in router if path != "$default")))
 PY
 )"
 step "serving the API on http://localhost:$PORT"
 echo "routes: $ROUTES"
+echo "the contract (OpenAPI 3.1): http://localhost:$PORT/openapi.json"
 echo "$MAIL_NOTE"
 start_gateway "$PORT"
 # The template's schedules, locally: prune every PRUNE_INTERVAL_SECONDS, the mailer (which

@@ -64,8 +64,10 @@ for t in "${targets[@]}"; do
     cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
     ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
     corp=$(grep -o 'corp: [0-9]*/[0-9A-Za-z]*' <<<"$last" | cut -d' ' -f2 || true)
+    # libFuzzer's closing "Done N runs in S second(s)"; a crash stops the run before it.
+    secs=$(grep -o 'runs in [0-9]* second' "$log" | grep -o '[0-9]*' | tail -1 || true)
     summary+=("$(printf 'fuzz %-16s %s: %s runs in %s s, cov %s, ft %s, corpus %s' \
-        "$t" "$status" "${runs:-?}" "$FUZZ_SECONDS" "${cov:-?}" "${ft:-?}" "${corp:-?}")")
+        "$t" "$status" "${runs:-?}" "${secs:-<$FUZZ_SECONDS}" "${cov:-?}" "${ft:-?}" "${corp:-?}")")
     echo "${summary[-1]}"
 done
 

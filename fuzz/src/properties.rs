@@ -14,9 +14,11 @@ use std::sync::OnceLock;
 use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Each property by the name of its fuzz target (and of its directories under fuzz/corpus/ and
 /// shared/tests/fuzz-regressions/).
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [Target; 9] = [
     ("json_body", json_body),
     ("email", email),
     ("password", password),
@@ -230,7 +232,7 @@ pub fn bearer(data: &[u8]) {
     }
     let trimmed = value.trim();
     let (scheme, rest) = trimmed.split_once(' ').unwrap_or((trimmed, ""));
-    let is_bearer = scheme.to_ascii_lowercase() == "bearer";
+    let is_bearer = scheme.eq_ignore_ascii_case("bearer");
     match result {
         Bearer::Token(token) => {
             assert!(is_bearer, "{scheme:?}");
@@ -520,7 +522,12 @@ pub fn db_url(data: &[u8]) {
     if pg.get_ssl_negotiation() == SslNegotiation::Direct {
         assert_eq!(pg.get_ssl_mode(), SslMode::Require, "{url:?}");
     }
+    // The URL parser drops tabs and newlines anywhere (WHATWG), so `veri\nfy-ca` is verify-ca.
+    let seen: String = url
+        .chars()
+        .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+        .collect();
     if !settings.tls.verify_hostname {
-        assert!(url.contains("verify-ca"), "{url:?}");
+        assert!(seen.contains("verify-ca"), "{url:?}");
     }
 }

@@ -28,6 +28,10 @@ pub enum Purpose {
     RefreshSuccessor,
     /// The AES-256-GCM key sealing pending outbox bodies ([`crate::mail`]).
     OutboxSeal,
+    /// The AES-256-GCM key sealing stored TOTP secrets ([`crate::totp`]).
+    TotpSeal,
+    /// The HMAC-SHA256 key hashing recovery codes ([`crate::totp`]).
+    RecoveryCode,
 }
 
 impl Purpose {
@@ -36,6 +40,8 @@ impl Purpose {
         match self {
             Purpose::RefreshSuccessor => b"refresh-successor",
             Purpose::OutboxSeal => b"outbox-seal",
+            Purpose::TotpSeal => b"totp-seal",
+            Purpose::RecoveryCode => b"recovery-code",
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod secrets;
 pub mod store;
 pub mod tls;
 pub mod token;
+pub mod totp;
 
 use chrono::{DateTime, Utc};
 use config::{Config, ConfigError, KeyUse, Uses};

@@ -4,9 +4,9 @@
 //! codes. No I/O and no clock of its own: the caller passes the time, so tests set it.
 //!
 //! What is stored is decided here too: the secret sealed under its own derived key with the
-//! user's id as AAD (so a sealed secret copied to another row does not open), the last time
-//! step accepted (a code is good once, and never one older than the last), and each recovery
-//! code as an HMAC under a derived key, so the database alone cannot test guesses.
+//! user's id as AAD (so a sealed secret copied to another row does not open), and each
+//! recovery code as an HMAC under a derived key, so the database alone cannot test guesses.
+//! [`matching_step`] returns the step a code matched; accepting each step once is the store's.
 
 use crate::{
     config::Secret,
@@ -15,6 +15,7 @@ use crate::{
 use aws_lc_rs::hmac;
 use base64::Engine as _;
 use rand::RngCore;
+use std::fmt::Write as _;
 use totp_rs::{Algorithm, Builder, Totp};
 use uuid::Uuid;
 
@@ -26,8 +27,6 @@ pub const STEP_SECS: u64 = 30;
 pub const SKEW_STEPS: u16 = 1;
 /// Bytes of a secret: 160 bits, RFC 4226 §4's recommendation.
 pub const SECRET_BYTES: usize = 20;
-/// Recovery codes issued when TOTP is turned on.
-pub const RECOVERY_CODES: usize = 10;
 /// Base32 characters of a recovery code: 80 bits.
 pub const RECOVERY_CODE_CHARS: usize = 16;
 
@@ -92,8 +91,8 @@ impl std::fmt::Debug for Code {
 }
 
 impl Code {
-    /// Exactly six ASCII digits, surrounding white space and inner spaces (as apps group them,
-    /// `123 456`) ignored; `None` for anything else.
+    /// Exactly six ASCII digits, spaces anywhere ignored (apps show `123 456`); `None` for
+    /// anything else.
     pub fn parse(raw: &str) -> Option<Self> {
         let digits: String = raw.chars().filter(|c| *c != ' ').collect();
         (digits.len() == usize::from(DIGITS) && digits.bytes().all(|b| b.is_ascii_digit()))
@@ -112,15 +111,16 @@ pub fn otpauth_uri(secret: &TotpSecret, issuer: &str, account: &str) -> String {
     )
 }
 
-/// Percent-encoding of everything but RFC 3986's unreserved characters, so neither a ':' nor
-/// an '&' in a product name can change the URI's structure.
+/// Percent-encoding of everything but RFC 3986's unreserved characters (and '@'), so neither a
+/// ':' nor an '&' in a product name can change the URI's structure. Not `form_urlencoded`, as
+/// mail links use: it writes a space as '+', which apps show literally in the label.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'@') {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            let _ = write!(out, "%{byte:02X}");
         }
     }
     out

@@ -214,15 +214,16 @@ async fn run(
                 .map_err(|e| store_error("prune", e))?;
             println!(
                 "prune: deleted {} audit events, {} sessions and {} finished messages older than \
-                 {retention_days} days, {} address-window rows, {} backoff rows, {} expired links \
-                 and {} mail-request counts",
+                 {retention_days} days, {} address-window rows, {} backoff rows, {} expired links, \
+                 {} mail-request counts and {} expired login challenges",
                 pruned.events,
                 pruned.sessions,
                 pruned.mail,
                 pruned.ip_requests,
                 pruned.throttles,
                 pruned.links,
-                pruned.mail_requests
+                pruned.mail_requests,
+                pruned.challenges
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -363,9 +363,14 @@ pub fn token_roundtrip(data: &[u8]) {
     let replacement = buf[39];
     let keys = &test_keys()[usize::from(flags & 2 != 0)];
     let verified = flags & 1 != 0;
+    let factors = [
+        shared::token::Factors::Password,
+        shared::token::Factors::PasswordAndTotp,
+        shared::token::Factors::PasswordAndRecoveryCode,
+    ][usize::from(flags >> 2) % 3];
     let issued_at = now() - age;
     let issued = keys
-        .issue(user, session, verified, issued_at)
+        .issue(user, session, verified, factors, issued_at)
         .expect("issuing with a signing key");
     assert_eq!(issued.expires_in, TEST_TTL_SECS as u64);
     let result = keys.verify(&issued.token);
@@ -390,6 +395,8 @@ pub fn token_roundtrip(data: &[u8]) {
         (TEST_ISSUER, TEST_AUDIENCE)
     );
     assert_eq!(claims.email_verified, verified);
+    assert_eq!(claims.amr, factors.amr());
+    assert_eq!(claims.aal, factors.aal());
     let mut tampered = issued.token.into_bytes();
     let at = position % tampered.len();
     if tampered[at] != replacement {

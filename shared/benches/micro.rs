@@ -69,12 +69,26 @@ fn jwt(c: &mut Criterion) {
         let session_id = uuid::Uuid::new_v4();
         let now = chrono::Utc::now().timestamp();
         let token = keys
-            .issue(user_id, session_id, false, now)
+            .issue(
+                user_id,
+                session_id,
+                false,
+                shared::token::Factors::Password,
+                now,
+            )
             .expect("issue")
             .token;
         assert_eq!(keys.verify(&token).map(|t| t.user_id), Ok(user_id));
         group.bench_function(format!("{name}_issue"), |b| {
-            b.iter(|| keys.issue(black_box(user_id), session_id, false, now))
+            b.iter(|| {
+                keys.issue(
+                    black_box(user_id),
+                    session_id,
+                    false,
+                    shared::token::Factors::Password,
+                    now,
+                )
+            })
         });
         group.bench_function(format!("{name}_verify"), |b| {
             b.iter(|| keys.verify(black_box(&token)))

@@ -56,9 +56,36 @@ pub enum AuthError {
     NotFound,
     /// 405: the path has routes, none for this method; `allow` lists the methods it has.
     MethodNotAllowed { allow: &'static str },
+    /// 401: the password was right and the account has TOTP on: the login's second step
+    /// (`POST /auth/mfa/verify`) takes this token.
+    MfaRequired(MfaToken),
+    /// 401: the TOTP code or recovery code is wrong, or was accepted already.
+    InvalidCode,
+    /// 401: the mfa_token is malformed, unknown, used, expired or ended by too many wrong
+    /// codes (`invalid_token`, as a refused bearer token).
+    InvalidMfaToken,
+    /// 409: enrolling, or confirming, while TOTP is on already.
+    MfaAlreadyEnabled,
+    /// 409: confirming without an enrolment waiting for its first code.
+    MfaNotPending,
+    /// 409: turning TOTP off while it is not on.
+    MfaNotEnabled,
     /// 500: anything else. The cause is logged where it happens, never sent.
     Internal,
 }
+
+/// A login's mfa_token (opaque, 256 random bits): never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MfaToken(pub String);
+
+impl fmt::Debug for MfaToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MfaToken([redacted])")
+    }
+}
+
+/// The second factors `mfa_required` offers (its `methods` member).
+pub const MFA_METHODS: [&str; 2] = ["totp", "recovery_code"];
 
 impl AuthError {
     /// The HTTP status code.
@@ -70,11 +97,17 @@ impl AuthError {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::InvalidEmail(_) | Self::InvalidPassword(_) | Self::WeakPassword => 422,
-            Self::EmailTaken => 409,
+            Self::EmailTaken
+            | Self::MfaAlreadyEnabled
+            | Self::MfaNotPending
+            | Self::MfaNotEnabled => 409,
             Self::InvalidCredentials
             | Self::MissingToken
             | Self::InvalidToken
-            | Self::TokenExpired => 401,
+            | Self::TokenExpired
+            | Self::MfaRequired(_)
+            | Self::InvalidCode
+            | Self::InvalidMfaToken => 401,
             Self::AccountDisabled
             | Self::AccountLocked
             | Self::EmailNotVerified
@@ -114,6 +147,12 @@ impl AuthError {
             Self::MailUnavailable => "mail_unavailable",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::MfaRequired(_) => "mfa_required",
+            Self::InvalidCode => "invalid_code",
+            Self::InvalidMfaToken => "invalid_token",
+            Self::MfaAlreadyEnabled => "mfa_already_enabled",
+            Self::MfaNotPending => "mfa_not_pending",
+            Self::MfaNotEnabled => "mfa_not_enabled",
             Self::Internal => "internal_error",
         }
     }
@@ -131,11 +170,17 @@ impl AuthError {
             Self::InvalidEmail(_) | Self::InvalidPassword(_) | Self::WeakPassword => {
                 "Unprocessable Content"
             }
-            Self::EmailTaken => "Conflict",
+            Self::EmailTaken
+            | Self::MfaAlreadyEnabled
+            | Self::MfaNotPending
+            | Self::MfaNotEnabled => "Conflict",
             Self::InvalidCredentials
             | Self::MissingToken
             | Self::InvalidToken
-            | Self::TokenExpired => "Unauthorized",
+            | Self::TokenExpired
+            | Self::MfaRequired(_)
+            | Self::InvalidCode
+            | Self::InvalidMfaToken => "Unauthorized",
             Self::AccountDisabled
             | Self::AccountLocked
             | Self::EmailNotVerified
@@ -191,6 +236,20 @@ impl AuthError {
             Self::MailUnavailable => {
                 "Email is not available on this service, so this cannot be done now.".into()
             }
+            Self::MfaRequired(_) => {
+                "Enter the code from your authenticator app, or a recovery code, to finish signing in."
+                    .into()
+            }
+            Self::InvalidCode => "The code is not valid, or it was used already.".into(),
+            Self::InvalidMfaToken => {
+                "This sign-in attempt has expired or ended; sign in with your password again."
+                    .into()
+            }
+            Self::MfaAlreadyEnabled => "Two-step login is already on for this account.".into(),
+            Self::MfaNotPending => {
+                "There is no enrolment to confirm; start one with POST /auth/mfa/totp.".into()
+            }
+            Self::MfaNotEnabled => "Two-step login is not on for this account.".into(),
             Self::Internal => "An unexpected error occurred.".into(),
         }
     }
@@ -360,6 +419,27 @@ mod tests {
                 "Method Not Allowed",
             ),
             (
+                AuthError::MfaRequired(MfaToken("t".into())),
+                401,
+                "mfa_required",
+                "Unauthorized",
+            ),
+            (AuthError::InvalidCode, 401, "invalid_code", "Unauthorized"),
+            (
+                AuthError::InvalidMfaToken,
+                401,
+                "invalid_token",
+                "Unauthorized",
+            ),
+            (
+                AuthError::MfaAlreadyEnabled,
+                409,
+                "mfa_already_enabled",
+                "Conflict",
+            ),
+            (AuthError::MfaNotPending, 409, "mfa_not_pending", "Conflict"),
+            (AuthError::MfaNotEnabled, 409, "mfa_not_enabled", "Conflict"),
+            (
                 AuthError::Internal,
                 500,
                 "internal_error",
@@ -394,7 +474,13 @@ mod tests {
             AuthError::MailUnavailable => 21,
             AuthError::NotFound => 22,
             AuthError::MethodNotAllowed { .. } => 23,
-            AuthError::Internal => 24,
+            AuthError::MfaRequired(_) => 24,
+            AuthError::InvalidCode => 25,
+            AuthError::InvalidMfaToken => 26,
+            AuthError::MfaAlreadyEnabled => 27,
+            AuthError::MfaNotPending => 28,
+            AuthError::MfaNotEnabled => 29,
+            AuthError::Internal => 30,
         }
     }
 
@@ -450,6 +536,12 @@ mod tests {
             .retry_after_secs(),
             Some(2)
         );
+    }
+
+    #[test]
+    fn an_mfa_token_is_never_printed() {
+        let error = AuthError::MfaRequired(MfaToken("secret-token-value".into()));
+        assert!(!format!("{error:?} {error}").contains("secret-token-value"));
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub enum Function {
     /// `POST /auth/register`: database, argon2, mail (the verification message).
     Register,
-    /// `POST /auth/login`: database, argon2, the signing key.
+    /// `POST /auth/login` and its second step `POST /auth/mfa/verify`: database, argon2, the
+    /// signing key, the data key (TOTP secrets, recovery codes).
     Login,
     /// `POST /auth/refresh`: database, the signing key, the successor key.
     Refresh,
@@ -60,6 +61,9 @@ pub enum Function {
     Password,
     /// `GET /auth/sessions` and `DELETE /auth/sessions/{id}`: database, the public keys.
     Sessions,
+    /// `POST /auth/mfa/totp`, `/confirm` and `DELETE /auth/mfa/totp`: database, argon2, mail
+    /// (the notices), the data key, the public keys.
+    Mfa,
     /// The scheduled prune: database.
     Prune,
     /// The scheduled delivery of the outbox: database, mail.
@@ -72,10 +76,12 @@ impl Function {
     /// The secrets the function reads. Mail needs the data key too: it seals the outbox.
     pub fn uses(self) -> Uses {
         let (database, signing, data_key, mail) = match self {
-            Function::Register | Function::Email | Function::Password | Function::Mailer => {
-                (true, KeyUse::Verify, true, true)
-            }
-            Function::Login => (true, KeyUse::Sign, false, false),
+            Function::Register
+            | Function::Email
+            | Function::Password
+            | Function::Mailer
+            | Function::Mfa => (true, KeyUse::Verify, true, true),
+            Function::Login => (true, KeyUse::Sign, true, false),
             Function::Refresh => (true, KeyUse::Sign, true, false),
             Function::Me | Function::Logout | Function::Sessions | Function::Prune => {
                 (true, KeyUse::Verify, false, false)
@@ -94,7 +100,11 @@ impl Function {
     pub fn hashes_passwords(self) -> bool {
         matches!(
             self,
-            Function::Register | Function::Login | Function::Me | Function::Password
+            Function::Register
+                | Function::Login
+                | Function::Me
+                | Function::Password
+                | Function::Mfa
         )
     }
 }
@@ -115,6 +125,8 @@ pub struct AppState {
     pub refresh_key: Option<aws_lc_rs::hmac::Key>,
     /// The SMTP transport and the outbox's seal, where mail is sent and `SMTP_URL` is set.
     pub mailer: Option<mail::Mailer>,
+    /// The TOTP secrets' seal and the recovery codes' key (login, mfa).
+    pub totp: Option<Arc<totp::Keys>>,
     /// The time source.
     pub clock: Clock,
     /// The networks this instance saw the address window refuse (see [`auth::Refused`]).
@@ -128,6 +140,7 @@ impl std::fmt::Debug for AppState {
             .field("db", &self.db)
             .field("tokens", &self.tokens)
             .field("mailer", &self.mailer)
+            .field("totp", &self.totp)
             .finish_non_exhaustive()
     }
 }
@@ -136,7 +149,7 @@ impl AppState {
     /// Builds every part from settings that hold every secret (tests, benches). No network
     /// I/O happens here.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
-        Self::build(config, true, true, true)
+        Self::build(config, true, true, true, true)
     }
 
     /// Builds the parts `function` uses from settings read for it
@@ -147,6 +160,7 @@ impl AppState {
             function.hashes_passwords(),
             function == Function::Refresh,
             function.uses().mail,
+            matches!(function, Function::Login | Function::Mfa),
         )
     }
 
@@ -155,6 +169,7 @@ impl AppState {
         hashes: bool,
         refreshes: bool,
         mail: bool,
+        totp: bool,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             mailer: if mail {
@@ -165,6 +180,7 @@ impl AppState {
             db: database(&config)?,
             tokens: token::TokenKeys::from_config(&config)?,
             refresh_key: refreshes.then(|| refresh_key(&config)).transpose()?,
+            totp: totp.then(|| totp_keys(&config).map(Arc::new)).transpose()?,
             clock: Arc::new(Utc::now),
             refused: Arc::default(),
             passwords: hashes.then(|| passwords(&config)).transpose()?,
@@ -184,6 +200,14 @@ impl AppState {
     pub fn refresh_key(&self) -> Result<&aws_lc_rs::hmac::Key, error::AuthError> {
         self.refresh_key.as_ref().ok_or_else(|| {
             tracing::error!("this function was built without DATA_ENCRYPTION_KEY");
+            error::AuthError::Internal
+        })
+    }
+
+    /// The TOTP keys, or an internal error in a function built without them.
+    pub fn totp(&self) -> Result<&totp::Keys, error::AuthError> {
+        self.totp.as_deref().ok_or_else(|| {
+            tracing::error!("this function was built without the TOTP keys");
             error::AuthError::Internal
         })
     }
@@ -214,15 +238,25 @@ fn passwords(config: &Config) -> Result<password::Passwords, ConfigError> {
     })
 }
 
-fn refresh_key(config: &Config) -> Result<aws_lc_rs::hmac::Key, ConfigError> {
-    let root = config
+fn data_key(config: &Config) -> Result<&keys::DataKey, ConfigError> {
+    config
         .data_encryption_key
         .as_ref()
         .ok_or_else(|| ConfigError {
             variable: "DATA_ENCRYPTION_KEY",
             problem: "is required".into(),
-        })?;
-    Ok(keys::refresh_successor_key(root))
+        })
+}
+
+fn refresh_key(config: &Config) -> Result<aws_lc_rs::hmac::Key, ConfigError> {
+    Ok(keys::refresh_successor_key(data_key(config)?))
+}
+
+fn totp_keys(config: &Config) -> Result<totp::Keys, ConfigError> {
+    totp::Keys::new(data_key(config)?).map_err(|_| ConfigError {
+        variable: "DATA_ENCRYPTION_KEY",
+        problem: "does not make an AES-256-GCM key".into(),
+    })
 }
 
 #[cfg(test)]
@@ -345,6 +379,8 @@ mod tests {
         let refresh = env(Function::Refresh);
         let me = env(Function::Me);
         assert!(login.passwords().is_ok() && login.refresh_key().is_err());
+        assert!(login.totp().is_ok() && refresh.totp().is_err());
+        assert!(env(Function::Mfa).totp().is_ok() && env(Function::Password).totp.is_none());
         assert!(refresh.passwords().is_err() && refresh.refresh_key().is_ok());
         for function in [Function::Logout, Function::Sessions, Function::Prune] {
             let state = env(function);
@@ -363,6 +399,7 @@ mod tests {
             Function::Email,
             Function::Password,
             Function::Mailer,
+            Function::Mfa,
         ] {
             let state = env(function);
             assert!(state.config.data_encryption_key.is_some() && state.refresh_key.is_none());
@@ -373,7 +410,7 @@ mod tests {
         let now = Utc::now().timestamp();
         let issued = login
             .tokens
-            .issue(user, session, false, now)
+            .issue(user, session, false, token::Factors::Password, now)
             .expect("the signer signs");
         assert_eq!(
             me.tokens
@@ -383,7 +420,9 @@ mod tests {
             "a verifier with the public keys alone accepts the signer's token"
         );
         assert!(
-            me.tokens.issue(user, session, false, now).is_err(),
+            me.tokens
+                .issue(user, session, false, token::Factors::Password, now)
+                .is_err(),
             "a verifier holds no private key"
         );
         assert_eq!(me.tokens.jwks_json(), login.tokens.jwks_json());

@@ -49,6 +49,10 @@ pub enum Notice {
     },
     /// "Your password was changed": no token, a link to start a reset if it was not them.
     PasswordChanged,
+    /// "Two-step login is on": no token, a link to start a reset if it was not them.
+    MfaEnabled,
+    /// "Two-step login is off": no token, a link to start a reset if it was not them.
+    MfaDisabled,
 }
 
 impl Notice {
@@ -58,6 +62,8 @@ impl Notice {
             Notice::VerifyEmail { .. } => "verify_email",
             Notice::PasswordReset { .. } => "password_reset",
             Notice::PasswordChanged => "password_changed",
+            Notice::MfaEnabled => "mfa_enabled",
+            Notice::MfaDisabled => "mfa_disabled",
         }
     }
 }
@@ -68,6 +74,8 @@ impl fmt::Debug for Notice {
             Notice::VerifyEmail { .. } => f.write_str("VerifyEmail { token: [redacted] }"),
             Notice::PasswordReset { .. } => f.write_str("PasswordReset { token: [redacted] }"),
             Notice::PasswordChanged => f.write_str("PasswordChanged"),
+            Notice::MfaEnabled => f.write_str("MfaEnabled"),
+            Notice::MfaDisabled => f.write_str("MfaDisabled"),
         }
     }
 }
@@ -368,28 +376,30 @@ impl Mailer {
                     ),
                 }
             }
-            Notice::PasswordChanged => {
-                let link = format!("{base}/reset-password");
-                let l = escape_html(&link);
-                Rendered {
-                    subject: format!("{product}: your password was changed"),
-                    text: format!(
-                        "Hello from {product},\r\n\r\n\
-                         the password of your account was just changed.\r\n\r\n\
-                         If it was not you, reset your password now:\r\n\r\n\
-                         {link}\r\n"
-                    ),
-                    html: html_page(
-                        &format!("{p}: your password was changed"),
-                        &format!(
-                            "<p>Hello from {p},</p>\
-                             <p>the password of your account was just changed.</p>\
-                             <p>If it was not you, <a href=\"{l}\">reset your password now</a>: \
-                             {l}</p>"
-                        ),
-                    ),
-                }
-            }
+            Notice::PasswordChanged => security_notice(
+                product,
+                &p,
+                base,
+                "your password was changed",
+                "the password of your account was just changed.",
+            ),
+            Notice::MfaEnabled => security_notice(
+                product,
+                &p,
+                base,
+                "two-step login is on",
+                "two-step login was just turned on for your account: signing in now needs a \
+                 code from your authenticator app (or a recovery code) after the password, and \
+                 every other session of the account was ended.",
+            ),
+            Notice::MfaDisabled => security_notice(
+                product,
+                &p,
+                base,
+                "two-step login is off",
+                "two-step login was just turned off for your account: signing in needs only \
+                 the password now, and every other session of the account was ended.",
+            ),
         }
     }
 
@@ -579,6 +589,32 @@ fn escape_html(raw: &str) -> String {
         }
     }
     out
+}
+
+/// A notice that something about the account changed (`what`, a sentence), with a link to
+/// reset the password if it was not the account's owner. `p` is `product` escaped for HTML.
+fn security_notice(product: &str, p: &str, base: &str, subject: &str, what: &str) -> Rendered {
+    let link = format!("{base}/reset-password");
+    let l = escape_html(&link);
+    let w = escape_html(what);
+    Rendered {
+        subject: format!("{product}: {subject}"),
+        text: format!(
+            "Hello from {product},\r\n\r\n\
+             {what}\r\n\r\n\
+             If it was not you, reset your password now:\r\n\r\n\
+             {link}\r\n"
+        ),
+        html: html_page(
+            &format!("{p}: {subject}"),
+            &format!(
+                "<p>Hello from {p},</p>\
+                 <p>{w}</p>\
+                 <p>If it was not you, <a href=\"{l}\">reset your password now</a>: \
+                 {l}</p>"
+            ),
+        ),
+    }
 }
 
 /// `body` (already escaped) in a minimal HTML document titled `title` (already escaped).
@@ -812,6 +848,19 @@ mod tests {
         );
         assert!(changed.text.contains("If it was not you"));
         assert!(!changed.text.contains("token"));
+
+        for (notice, said) in [
+            (Notice::MfaEnabled, "two-step login was just turned on"),
+            (Notice::MfaDisabled, "two-step login was just turned off"),
+        ] {
+            let r = m.render(&notice);
+            assert!(r.text.contains(said) && r.html.contains(said), "{}", r.text);
+            assert!(
+                r.text
+                    .contains("https://app.example.com/base/reset-password\r\n")
+            );
+            assert!(!r.text.contains("token"));
+        }
     }
 
     #[test]
@@ -825,6 +874,8 @@ mod tests {
                 token: TOKEN.into(),
             },
             Notice::PasswordChanged,
+            Notice::MfaEnabled,
+            Notice::MfaDisabled,
         ] {
             let r = m.render(&notice);
             let raw = "Acme <Tom & Jerry's>";

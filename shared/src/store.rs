@@ -5,15 +5,18 @@ use crate::{
     db::{Db, DbError},
     email::Email,
     origin::Origin,
+    token::Factors,
 };
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Row, types::Type};
 use uuid::Uuid;
 
 mod account;
+mod mfa;
 mod outbox;
 mod window;
 pub use account::*;
+pub use mfa::*;
 pub use outbox::*;
 pub use window::{Limited, Window};
 use window::{counted, windowed};
@@ -31,6 +34,8 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// Whether the address was proven (a verification link, or a reset by mail).
     pub email_verified: bool,
+    /// Whether a login needs a second factor (TOTP) after the password.
+    pub mfa_enabled: bool,
 }
 
 /// A user with the stored argon2id PHC string, for login.
@@ -74,12 +79,13 @@ fn user_from(row: &Row) -> Result<User, DbError> {
         is_active: row.try_get("is_active").map_err(DbError::Query)?,
         created_at: row.try_get("created_at").map_err(DbError::Query)?,
         email_verified: row.try_get("email_verified").map_err(DbError::Query)?,
+        mfa_enabled: row.try_get("mfa_enabled").map_err(DbError::Query)?,
     })
 }
 
 /// The columns [`user_from`] reads, of `users` as `u`.
-const USER_COLUMNS: &str =
-    "u.id, u.email, u.is_active, u.created_at, u.email_verified_at IS NOT NULL AS email_verified";
+const USER_COLUMNS: &str = "u.id, u.email, u.is_active, u.created_at, \
+     u.email_verified_at IS NOT NULL AS email_verified, u.mfa_enabled_at IS NOT NULL AS mfa_enabled";
 
 /// A message written to the outbox by the statement of the action that causes it.
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +136,7 @@ pub async fn insert_user(
                 ", u AS (INSERT INTO users (id, email, hashed_password, created_at, updated_at) \
                          SELECT $7, $8, $9, $10, $10 FROM w WHERE w.wait IS NULL \
                          ON CONFLICT (email) DO NOTHING \
-                         RETURNING id, email, is_active, created_at, false AS email_verified), \
+                         RETURNING id, email, is_active, created_at, false AS email_verified, false AS mfa_enabled), \
                   e AS (INSERT INTO auth_events (occurred_at, event, user_id, source_ip, user_agent) \
                         SELECT $10, v.event, u.id, $11, $12 \
                         FROM u, (VALUES (1, 'user.registered'), (2, 'email.verification_sent')) v (n, event) \
@@ -140,7 +146,7 @@ pub async fn insert_user(
                         SELECT $14, id, 'verify_email', $10, $15 FROM u WHERE $14::bytea IS NOT NULL), \
                   o AS (INSERT INTO outbox (id, user_id, kind, sealed, attempts, next_attempt_at, created_at) \
                         SELECT $16, id, $19, $17, 1, $18, $10 FROM u WHERE $17::bytea IS NOT NULL) \
-             SELECT w.wait, u.id, u.email, u.is_active, u.created_at, u.email_verified \
+             SELECT w.wait, u.id, u.email, u.is_active, u.created_at, u.email_verified, u.mfa_enabled \
              FROM w LEFT JOIN u ON true"
             ),
             &window.with(&[
@@ -253,7 +259,8 @@ pub async fn login_attempt(
             windowed!(
                 " SELECT w.wait, a.outcome, a.retry_until, a.id, a.email, a.is_active, a.created_at, \
                         a.hashed_password, \
-                        (SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = a.id) AS email_verified \
+                        (SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = a.id) AS email_verified, \
+                        (SELECT u.mfa_enabled_at IS NOT NULL FROM users u WHERE u.id = a.id) AS mfa_enabled \
                  FROM w LEFT JOIN LATERAL \
                       (SELECT * FROM auth_login_attempt($7, $8, $9, $10, $11, $12, $13, $14, $15) \
                        WHERE w.wait IS NULL OFFSET 0) a ON true"
@@ -347,9 +354,10 @@ pub async fn update_password_hash(
 
 /// A login succeeded: start the session with its first refresh token, clear the account's
 /// backoff (account-wide and this network's) and write the audit row — only while the user is
-/// active and `checked_hash` is still its password hash, so a login that checked the old
-/// password while a reset or change committed starts no session after it (the user's row is
-/// share-locked first, so the statement waits for such a change and then sees it). Returns
+/// active, `checked_hash` is still its password hash and TOTP is off, so a login that checked
+/// the old password while a reset or change committed, or that found TOTP off while its owner
+/// turned it on, starts no session after it (the user's row is share-locked first, so the
+/// statement waits for such a change and then sees it). Returns
 /// whether the session started. The session id is chosen by the caller, so a retry after a
 /// lost answer finds its own session instead of failing on it.
 #[allow(clippy::too_many_arguments)]
@@ -367,7 +375,8 @@ pub async fn start_session(
 ) -> Result<bool, DbError> {
     let row = db
         .query_opt(
-            "WITH u AS (SELECT id FROM users WHERE id = $2 AND hashed_password = $10 AND is_active FOR SHARE), \
+            "WITH u AS (SELECT id FROM users WHERE id = $2 AND hashed_password = $10 AND is_active \
+                            AND mfa_enabled_at IS NULL FOR SHARE), \
                   s AS (INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, source_ip, user_agent) \
                         SELECT $1, id, $4, $4, $5, $8, $9 FROM u ON CONFLICT (id) DO NOTHING RETURNING id), \
                   r AS (INSERT INTO refresh_tokens (hash, session_id, issued_at) SELECT $3, id, $4 FROM s), \
@@ -516,6 +525,7 @@ pub async fn session_user(
     let row = db
         .query_opt(
             "SELECT u.id, u.email, u.is_active, u.created_at, u.email_verified_at IS NOT NULL AS email_verified, \
+                    u.mfa_enabled_at IS NOT NULL AS mfa_enabled, \
                     coalesce(s.ended_at IS NULL AND s.expires_at > $3 AND s.last_used_at > $4, false) AS live \
              FROM users u LEFT JOIN sessions s ON s.id = $2 AND s.user_id = u.id \
              WHERE u.id = $1",
@@ -635,6 +645,8 @@ pub struct Refreshed {
     pub user_id: Option<Uuid>,
     /// Whether that user's address is proven, for the new access token's claim.
     pub email_verified: bool,
+    /// How the session was established, for the new access token's `amr` and `aal`.
+    pub factors: Factors,
 }
 
 /// Presents a refresh token (by hash): rotates it to `successor_hash`, or recognizes a race
@@ -657,7 +669,8 @@ pub async fn refresh(
             windowed!(
                 " SELECT w.wait, r.outcome, r.session_id, r.user_id, \
                         coalesce((SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = r.user_id), false) \
-                            AS email_verified \
+                            AS email_verified, \
+                        (SELECT s.amr FROM sessions s WHERE s.id = r.session_id) AS amr \
                  FROM w LEFT JOIN LATERAL \
                       (SELECT * FROM auth_refresh($7, $8, $9, make_interval(secs => $10), \
                                                   make_interval(secs => $11), $12, $13, $14) \
@@ -685,7 +698,18 @@ pub async fn refresh(
         session_id: row.try_get("session_id").map_err(DbError::Query)?,
         user_id: row.try_get("user_id").map_err(DbError::Query)?,
         email_verified: row.try_get("email_verified").map_err(DbError::Query)?,
+        factors: factors_from(&row)?,
     }))
+}
+
+/// A session's factors from its `amr` column (`NULL` for a session that does not exist is
+/// the password alone: nothing is issued for it).
+fn factors_from(row: &Row) -> Result<Factors, DbError> {
+    let amr: Option<Vec<String>> = row.try_get("amr").map_err(DbError::Query)?;
+    match amr {
+        None => Ok(Factors::Password),
+        Some(amr) => Factors::from_amr(&amr).ok_or(DbError::NoRow("sessions.amr: unknown factors")),
+    }
 }
 
 /// Counts a request against its source network's sliding one-minute window (the IPv4
@@ -758,11 +782,14 @@ pub struct Pruned {
     pub links: u64,
     /// Requested-mail counts that slid out of their hour.
     pub mail_requests: u64,
+    /// Login challenges (the second step) a day past their lifetime.
+    pub challenges: u64,
 }
 
 /// Deletes what has expired: audit rows, finished sessions and finished mail older than
 /// `cutoff`, address windows past their minute, requested-mail counts past their hour, link
-/// tokens a day past their lifetime (until then a late click says `link_expired`), and backoff
+/// tokens and login challenges a day past their lifetime (until then a late click says
+/// `link_expired`, a late code `invalid_token` with the reason `expired`), and backoff
 /// rows whose wait is over and that have been quiet for a day (a day without failures forgets
 /// the count); a lock is kept until `cutoff`.
 pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result<Pruned, DbError> {
@@ -778,11 +805,12 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result
                         RETURNING 1), \
                   m AS (DELETE FROM outbox WHERE status <> 'pending' AND finished_at < $1 RETURNING 1), \
                   l AS (DELETE FROM link_tokens WHERE expires_at < $2 - interval '1 day' RETURNING 1), \
-                  r AS (DELETE FROM mail_requests WHERE at <= $2 - interval '1 hour' RETURNING 1) \
+                  r AS (DELETE FROM mail_requests WHERE at <= $2 - interval '1 hour' RETURNING 1), \
+                  c AS (DELETE FROM mfa_challenges WHERE expires_at < $2 - interval '1 day' RETURNING 1) \
              SELECT (SELECT count(*) FROM e) AS events, (SELECT count(*) FROM s) AS sessions, \
                     (SELECT count(*) FROM i) AS ip_requests, (SELECT count(*) FROM t) AS throttles, \
                     (SELECT count(*) FROM m) AS mail, (SELECT count(*) FROM l) AS links, \
-                    (SELECT count(*) FROM r) AS mail_requests",
+                    (SELECT count(*) FROM r) AS mail_requests, (SELECT count(*) FROM c) AS challenges",
             &[
                 (&cutoff, Type::TIMESTAMPTZ),
                 (&now, Type::TIMESTAMPTZ),
@@ -802,6 +830,7 @@ pub async fn prune(db: &Db, cutoff: DateTime<Utc>, now: DateTime<Utc>) -> Result
         mail: count("mail")?,
         links: count("links")?,
         mail_requests: count("mail_requests")?,
+        challenges: count("challenges")?,
     })
 }
 

@@ -40,6 +40,55 @@ pub struct Claims {
     pub jti: String,
     /// Whether the user's email address was proven when the token was issued.
     pub email_verified: bool,
+    /// How the session was established (RFC 8176): `["pwd"]`, `["pwd", "otp"]` or
+    /// `["pwd", "mfa"]`.
+    pub amr: Vec<String>,
+    /// The session's authenticator assurance level: `aal1`, or `aal2` with a second factor.
+    pub aal: String,
+}
+
+/// How a session was established: the factors its login checked. Stored with the session
+/// (`sessions.amr`), so a refresh keeps what the login proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Factors {
+    /// The password alone.
+    Password,
+    /// The password and a TOTP code.
+    PasswordAndTotp,
+    /// The password and a recovery code.
+    PasswordAndRecoveryCode,
+}
+
+impl Factors {
+    /// The RFC 8176 method names, as the `amr` claim and `sessions.amr` hold them (`mfa` for a
+    /// recovery code: a second factor that is neither `otp` nor any other registered method).
+    pub fn amr(self) -> &'static [&'static str] {
+        match self {
+            Self::Password => &["pwd"],
+            Self::PasswordAndTotp => &["pwd", "otp"],
+            Self::PasswordAndRecoveryCode => &["pwd", "mfa"],
+        }
+    }
+
+    /// The assurance level, named as Supabase names it.
+    pub fn aal(self) -> &'static str {
+        match self {
+            Self::Password => "aal1",
+            Self::PasswordAndTotp | Self::PasswordAndRecoveryCode => "aal2",
+        }
+    }
+
+    /// The factors `sessions.amr` names; `None` for a list no migration allows.
+    pub fn from_amr<S: AsRef<str>>(amr: &[S]) -> Option<Self> {
+        let amr: Vec<&str> = amr.iter().map(AsRef::as_ref).collect();
+        [
+            Self::Password,
+            Self::PasswordAndTotp,
+            Self::PasswordAndRecoveryCode,
+        ]
+        .into_iter()
+        .find(|f| f.amr() == amr.as_slice())
+    }
 }
 
 /// The claims a verified token must carry beyond those `Validation` checks.
@@ -239,6 +288,7 @@ impl TokenKeys {
         user_id: Uuid,
         session_id: Uuid,
         email_verified: bool,
+        factors: Factors,
         now: i64,
     ) -> Result<IssuedToken, jsonwebtoken::errors::Error> {
         let ttl = self.ttl.as_secs();
@@ -251,6 +301,8 @@ impl TokenKeys {
             aud: self.audience.clone(),
             jti: Uuid::new_v4().to_string(),
             email_verified,
+            amr: factors.amr().iter().map(|&m| m.to_owned()).collect(),
+            aal: factors.aal().to_owned(),
         };
         let mut header = Header::new(self.algorithm);
         header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
@@ -363,7 +415,7 @@ fn discovery_document(issuer: &str, algorithm: Algorithm) -> String {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [alg],
         "token_endpoint_auth_methods_supported": ["none"],
-        "claims_supported": ["sub", "sid", "iss", "aud", "exp", "iat", "jti", "email_verified"],
+        "claims_supported": ["sub", "sid", "iss", "aud", "exp", "iat", "jti", "email_verified", "amr", "aal"],
     })
     .to_string()
 }
@@ -492,7 +544,9 @@ mod tests {
     fn an_issued_token_round_trips_with_all_claims_and_the_at_jwt_type() {
         let k = keys();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let issued = k.issue(user, session, false, now()).expect("issue");
+        let issued = k
+            .issue(user, session, false, Factors::Password, now())
+            .expect("issue");
         assert_eq!(issued.expires_in, 900);
         assert_eq!(
             k.verify(&issued.token),
@@ -517,6 +571,32 @@ mod tests {
     }
 
     #[test]
+    fn tokens_carry_the_sessions_factors_and_their_assurance_level() {
+        let k = keys();
+        for (factors, amr, aal) in [
+            (Factors::Password, &["pwd"][..], "aal1"),
+            (Factors::PasswordAndTotp, &["pwd", "otp"][..], "aal2"),
+            (
+                Factors::PasswordAndRecoveryCode,
+                &["pwd", "mfa"][..],
+                "aal2",
+            ),
+        ] {
+            let issued = k
+                .issue(Uuid::new_v4(), Uuid::new_v4(), true, factors, now())
+                .expect("issue");
+            let claims = jsonwebtoken::dangerous::insecure_decode::<Claims>(&issued.token)
+                .expect("decode")
+                .claims;
+            assert_eq!(claims.amr, amr);
+            assert_eq!(claims.aal, aal);
+            assert_eq!(Factors::from_amr(&claims.amr), Some(factors));
+        }
+        assert_eq!(Factors::from_amr(&["otp"]), None);
+        assert_eq!(Factors::from_amr::<&str>(&[]), None);
+    }
+
+    #[test]
     fn expiry_allows_the_leeway_and_no_more() {
         let k = keys();
         let h = at_header(Algorithm::HS256);
@@ -526,7 +606,13 @@ mod tests {
             Err(TokenRejection::Expired)
         );
         let old = k
-            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now() - 3600)
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                false,
+                Factors::Password,
+                now() - 3600,
+            )
             .expect("issue");
         assert_eq!(k.verify(&old.token), Err(TokenRejection::Expired));
     }
@@ -541,14 +627,26 @@ mod tests {
             Err(TokenRejection::BadSignature)
         );
         let foreign = keys_with("iss-b", "aud-a", SECRET)
-            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now())
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                false,
+                Factors::Password,
+                now(),
+            )
             .expect("i");
         assert_eq!(
             k.verify(&foreign.token),
             Err(TokenRejection::WrongIssuerOrAudience)
         );
         let foreign = keys_with("iss-a", "aud-b", SECRET)
-            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now())
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                false,
+                Factors::Password,
+                now(),
+            )
             .expect("i");
         assert_eq!(
             k.verify(&foreign.token),
@@ -640,7 +738,13 @@ mod tests {
         ]))
         .expect("keys");
         let issued = k
-            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now())
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                false,
+                Factors::Password,
+                now(),
+            )
             .expect("issue");
         let header = jsonwebtoken::decode_header(&issued.token).expect("header");
         assert_eq!(
@@ -674,7 +778,13 @@ mod tests {
         ]))
         .expect("old keys");
         let token = old
-            .issue(Uuid::new_v4(), Uuid::new_v4(), false, now())
+            .issue(
+                Uuid::new_v4(),
+                Uuid::new_v4(),
+                false,
+                Factors::Password,
+                now(),
+            )
             .expect("issue")
             .token;
         let extra = json!({ "old": old_public }).to_string();

@@ -46,6 +46,13 @@ pub fn base32(secret: &TotpSecret) -> String {
     base32_encode(secret.expose())
 }
 
+/// A secret as [`base32`] writes it, back to its bytes (for tools and tests that play the
+/// authenticator app); `None` unless it is 160 bits of base32.
+pub fn from_base32(text: &str) -> Option<TotpSecret> {
+    let secret = totp_rs::Secret::try_from_base32(text).ok()?;
+    Some(Secret::new(secret.as_bytes().try_into().ok()?))
+}
+
 fn base32_encode(bytes: &[u8]) -> String {
     totp_rs::Secret::from(bytes).to_base32()
 }
@@ -321,6 +328,10 @@ mod tests {
         assert!(text.bytes().all(|b| matches!(b, b'A'..=b'Z' | b'2'..=b'7')));
         assert_ne!(text, base32(&generate_secret()));
         assert_eq!(base32(&rfc_secret()), "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        let back = from_base32(&text).expect("its own base32");
+        assert_eq!(back.expose(), secret.expose());
+        assert!(from_base32("GEZDGNBV").is_none(), "40 bits are no secret");
+        assert!(from_base32("not base32!").is_none());
     }
 
     #[test]

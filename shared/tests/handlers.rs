@@ -338,6 +338,7 @@ async fn me_refuses_missing_foreign_and_expired_tokens_with_a_bearer_challenge()
             user_id,
             uuid::Uuid::new_v4(),
             false,
+            shared::token::Factors::Password,
             chrono::Utc::now().timestamp() - 3_600,
         )
         .expect("issue");
@@ -380,6 +381,7 @@ async fn an_unreachable_database_answers_503_with_retry_after() {
             uuid::Uuid::new_v4(),
             uuid::Uuid::new_v4(),
             false,
+            shared::token::Factors::Password,
             chrono::Utc::now().timestamp(),
         )
         .expect("issue")

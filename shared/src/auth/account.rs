@@ -85,7 +85,11 @@ fn new_link() -> (String, Vec<u8>) {
 }
 
 /// A notice that follows an action (password changed), prepared when mail is on.
-fn notice<'s>(state: &'s AppState, to: &str, notice: Notice) -> Option<(&'s Mailer, Prepared)> {
+pub(super) fn notice<'s>(
+    state: &'s AppState,
+    to: &str,
+    notice: Notice,
+) -> Option<(&'s Mailer, Prepared)> {
     state
         .mailer
         .as_ref()
@@ -356,41 +360,118 @@ async fn reauthenticate(
             return Err(refuse_token(state, route, &token, unauthorized.reason(), origin).await);
         }
     };
-    let failed = |reason: &'static str, refusal: bool| AuditEvent {
-        event: "password.check_failed",
+    admitted(
+        state,
+        route,
+        PASSWORD_CHECK_FAILED,
+        &token,
+        reauth.attempt,
+        origin,
+    )
+    .await?;
+    check_password(
+        state,
+        route,
+        &token,
+        password,
+        &reauth.hashed_password,
+        origin,
+    )
+    .await?;
+    let email = Email::parse(&reauth.email)?;
+    Ok((token, email, reauth.hashed_password))
+}
+
+/// The event of a signed-in user's wrong password.
+const PASSWORD_CHECK_FAILED: &str = "password.check_failed";
+
+/// A signed-in user's failed check of a factor, logged and audited as `event` (a refusal by
+/// the limits is counted into its minute's row).
+pub(super) async fn check_failed(
+    state: &AppState,
+    route: &'static str,
+    event: &'static str,
+    token: &AccessToken,
+    reason: &'static str,
+    refusal: bool,
+    origin: &Origin,
+) {
+    tracing::info!(event, route, reason, user_id = %token.user_id);
+    audit_check(state, event, token, reason, refusal, origin).await;
+}
+
+async fn audit_check(
+    state: &AppState,
+    event: &'static str,
+    token: &AccessToken,
+    reason: &'static str,
+    refusal: bool,
+    origin: &Origin,
+) {
+    let row = AuditEvent {
+        event,
         reason: Some(reason),
         user_id: Some(token.user_id),
         session_id: Some(token.session_id),
         refusal,
     };
-    match reauth.attempt {
-        Attempt::Counted => {}
+    audit(state, row, origin).await;
+}
+
+/// A counted check's standing with the limits: `429` during a wait and `403 account_locked`
+/// when locked, each audited as `event`, and nothing checked.
+pub(super) async fn admitted(
+    state: &AppState,
+    route: &'static str,
+    event: &'static str,
+    token: &AccessToken,
+    attempt: Attempt,
+    origin: &Origin,
+) -> Result<(), AuthError> {
+    match attempt {
+        Attempt::Counted => Ok(()),
         Attempt::Blocked(until) => {
-            let retry_after_secs = until.map_or(1, |until| seconds_until(until, now));
-            tracing::info!(event = "password.check_failed", route, reason = "too_many_attempts", user_id = %token.user_id, retry_after_secs);
-            audit(state, failed("too_many_attempts", true), origin).await;
-            return Err(AuthError::TooManyRequests { retry_after_secs });
+            let retry_after_secs = until.map_or(1, |until| seconds_until(until, state.now()));
+            let reason = "too_many_attempts";
+            tracing::info!(event, route, reason, user_id = %token.user_id, retry_after_secs);
+            audit_check(state, event, token, reason, true, origin).await;
+            Err(AuthError::TooManyRequests { retry_after_secs })
         }
         Attempt::Locked => {
-            tracing::info!(event = "password.check_failed", route, reason = "account_locked", user_id = %token.user_id);
-            audit(state, failed("account_locked", true), origin).await;
-            return Err(AuthError::AccountLocked);
+            check_failed(state, route, event, token, "account_locked", true, origin).await;
+            Err(AuthError::AccountLocked)
         }
     }
+}
+
+/// A signed-in user's password against the stored hash: `403 wrong_password`, audited, when
+/// it does not match.
+pub(super) async fn check_password(
+    state: &AppState,
+    route: &'static str,
+    token: &AccessToken,
+    password: &str,
+    hashed_password: &str,
+    origin: &Origin,
+) -> Result<(), AuthError> {
     let matched = state
         .passwords()?
-        .verify(
-            &password::normalize(password),
-            Some(&reauth.hashed_password),
-        )
+        .verify(&password::normalize(password), Some(hashed_password))
         .await?;
     if !matched {
-        tracing::info!(event = "password.check_failed", route, reason = "bad_password", user_id = %token.user_id);
-        audit(state, failed("bad_password", false), origin).await;
+        check_failed(
+            state,
+            route,
+            PASSWORD_CHECK_FAILED,
+            token,
+            "bad_password",
+            false,
+            origin,
+        )
+        .await;
         return Err(AuthError::WrongPassword);
     }
-    let email = Email::parse(&reauth.email)?;
-    Ok((token, email, reauth.hashed_password))
+    Ok(())
 }
 
 /// `POST /auth/password/change`: needs the current password; the new one follows the

@@ -19,14 +19,16 @@ use crate::{
         self, Attempt, AuditEvent, InsertError, Limited, LoginLimits, NewLink, RefreshOutcome,
         SessionUser, User, Window,
     },
-    token::{AccessToken, IssuedToken, TokenRejection},
+    token::{AccessToken, Factors, IssuedToken, TokenRejection},
 };
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 mod account;
+mod mfa;
 mod refused;
 pub use account::*;
+pub use mfa::*;
 pub use refused::Refused;
 
 /// Email and password as the client sent them (unnormalized, unvalidated).
@@ -247,7 +249,8 @@ pub async fn register(
 /// Logs in: honours the lock and the backoffs (of the account from this network, and of the
 /// account across all networks), checks the password (against a dummy hash when there is no
 /// account, so both failures take the same time), rehashes a hash weaker than the current
-/// parameters, starts a session and issues its tokens.
+/// parameters, starts a session and issues its tokens — or, with TOTP on, answers
+/// `401 mfa_required` with the token of the second step ([`verify_mfa`]) and starts none.
 pub async fn login(
     state: &AppState,
     credentials: Credentials,
@@ -339,6 +342,9 @@ pub async fn login(
     {
         checked = upgraded;
     }
+    if user.mfa_enabled {
+        return Err(mfa::challenge(state, user.id, &checked, now, origin).await?);
+    }
 
     let session_id = Uuid::new_v4();
     let raw = refresh::generate();
@@ -363,7 +369,14 @@ pub async fn login(
         audit(state, failed("changed_meanwhile", false), origin).await;
         return Err(AuthError::InvalidCredentials);
     }
-    let access = issue(state, user.id, session_id, user.email_verified, now)?;
+    let access = issue(
+        state,
+        user.id,
+        session_id,
+        user.email_verified,
+        Factors::Password,
+        now,
+    )?;
     tracing::info!(event = "login.succeeded", user_id = %user.id, session_id = %session_id);
     Ok(Tokens {
         access,
@@ -376,11 +389,18 @@ fn issue(
     user_id: Uuid,
     session_id: Uuid,
     email_verified: bool,
+    factors: Factors,
     now: DateTime<Utc>,
 ) -> Result<IssuedToken, AuthError> {
     state
         .tokens
-        .issue(user_id, session_id, email_verified, now.timestamp())
+        .issue(
+            user_id,
+            session_id,
+            email_verified,
+            factors,
+            now.timestamp(),
+        )
         .map_err(|error| {
             tracing::error!(%error, "token signing failed");
             AuthError::Internal
@@ -440,7 +460,14 @@ pub async fn refresh(
             Some(user_id),
             Some(session_id),
         ) => {
-            let access = issue(state, user_id, session_id, refreshed.email_verified, now)?;
+            let access = issue(
+                state,
+                user_id,
+                session_id,
+                refreshed.email_verified,
+                refreshed.factors,
+                now,
+            )?;
             tracing::info!(
                 event = "refresh.succeeded",
                 user_id = user,

@@ -7,10 +7,11 @@ use super::{
 };
 use crate::{
     AppState,
-    auth::{self, Credentials, Tokens},
+    auth::{self, Credentials, SecondStep, Tokens, TurnOff},
     error::AuthError,
     store::User,
     token::TokenKeys,
+    totp::{Code, RecoveryCode},
 };
 use chrono::SecondsFormat;
 use lambda_http::{Body, Error, Request, Response, http::Method};
@@ -29,6 +30,7 @@ struct UserBody<'a> {
     is_active: bool,
     created_at: String,
     email_verified: bool,
+    mfa_enabled: bool,
 }
 
 impl<'a> From<&'a User> for UserBody<'a> {
@@ -39,6 +41,7 @@ impl<'a> From<&'a User> for UserBody<'a> {
             is_active: user.is_active,
             created_at: user.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
             email_verified: user.email_verified,
+            mfa_enabled: user.mfa_enabled,
         }
     }
 }
@@ -78,11 +81,132 @@ pub async fn register(state: &AppState, req: Request) -> Result<Response<Body>, 
     Ok(render(result, |user| json(201, &UserBody::from(&user))))
 }
 
-/// `POST /auth/login` → 200 with an access token and a refresh token.
+/// `POST /auth/login` → 200 with an access token and a refresh token, or `401 mfa_required`
+/// with TOTP on; `POST /auth/mfa/verify`, its second step → 200 with both tokens.
 pub async fn login(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
     let origin = origin(&req);
-    let result = async { auth::login(state, credentials(&req)?, &origin).await }.await;
+    let result = match route(&req) {
+        (Method::POST, "/auth/mfa/verify") => {
+            async {
+                let body = json_object(&req)?;
+                let mfa_token = string_field(&body, "mfa_token")?;
+                let factor = second_step(&body)?;
+                auth::verify_mfa(state, &mfa_token, &factor, &origin).await
+            }
+            .await
+        }
+        _ => async { auth::login(state, credentials(&req)?, &origin).await }.await,
+    };
     Ok(render(result, tokens))
+}
+
+/// A six-digit code field; `400 invalid_request` for anything else.
+fn code_field(
+    body: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Code, AuthError> {
+    Code::parse(&string_field(body, name)?).ok_or_else(|| {
+        AuthError::InvalidRequest(format!(
+            "The field `{name}` must be the 6 digits your authenticator app shows."
+        ))
+    })
+}
+
+/// Exactly one of the fields `one` and `other`: which one, or `400 invalid_request`.
+fn one_of<'b>(
+    body: &serde_json::Map<String, serde_json::Value>,
+    one: &'b str,
+    other: &'b str,
+) -> Result<&'b str, AuthError> {
+    match (body.contains_key(one), body.contains_key(other)) {
+        (true, false) => Ok(one),
+        (false, true) => Ok(other),
+        (true, true) => Err(AuthError::InvalidRequest(format!(
+            "Send either `{one}` or `{other}`, not both."
+        ))),
+        (false, false) => Err(AuthError::InvalidRequest(format!(
+            "The field `{one}` or `{other}` is required."
+        ))),
+    }
+}
+
+/// The second factor of `POST /auth/mfa/verify`: `code` or `recovery_code`.
+fn second_step(body: &serde_json::Map<String, serde_json::Value>) -> Result<SecondStep, AuthError> {
+    if one_of(body, "code", "recovery_code")? == "code" {
+        return code_field(body, "code").map(SecondStep::Code);
+    }
+    RecoveryCode::parse(&string_field(body, "recovery_code")?)
+        .map(SecondStep::RecoveryCode)
+        .ok_or_else(|| {
+            AuthError::InvalidRequest(
+                "The field `recovery_code` must be one of your recovery codes: 16 letters and digits."
+                    .into(),
+            )
+        })
+}
+
+/// A pending enrolment, shown once.
+#[derive(Serialize)]
+struct EnrolmentBody<'a> {
+    secret: &'a str,
+    otpauth_uri: &'a str,
+    qr_code: &'a str,
+}
+
+/// `POST /auth/mfa/totp` (Bearer, `{"password"}`) → 200 with the pending enrolment;
+/// `POST /auth/mfa/totp/confirm` (Bearer, `{"code"}`) → 200 with the recovery codes;
+/// `DELETE /auth/mfa/totp` (Bearer, `{"code"}` or `{"password"}`) → 204.
+pub async fn mfa(state: &AppState, req: Request) -> Result<Response<Body>, Error> {
+    let origin = origin(&req);
+    let response = match route(&req) {
+        (Method::POST, "/auth/mfa/totp") => {
+            let result = async {
+                let token = required_bearer(&req)?;
+                let body = json_object(&req)?;
+                let password = string_field(&body, "password")?;
+                auth::enrol_totp(state, token, &password, &origin).await
+            }
+            .await;
+            render(result, |enrolment| {
+                json(
+                    200,
+                    &EnrolmentBody {
+                        secret: &enrolment.secret,
+                        otpauth_uri: &enrolment.otpauth_uri,
+                        qr_code: &enrolment.qr_code,
+                    },
+                )
+            })
+        }
+        (Method::POST, "/auth/mfa/totp/confirm") => {
+            let result = async {
+                let token = required_bearer(&req)?;
+                let body = json_object(&req)?;
+                let code = code_field(&body, "code")?;
+                auth::confirm_totp(state, token, &code, &origin).await
+            }
+            .await;
+            render(result, |codes| {
+                json(200, &serde_json::json!({ "recovery_codes": codes }))
+            })
+        }
+        (Method::DELETE, "/auth/mfa/totp") => {
+            let result = async {
+                let token = required_bearer(&req)?;
+                let body = json_object(&req)?;
+                let proof = if one_of(&body, "code", "password")? == "code" {
+                    TurnOff::Code(code_field(&body, "code")?)
+                } else {
+                    TurnOff::Password(string_field(&body, "password")?)
+                };
+                auth::disable_totp(state, token, &proof, &origin).await
+            }
+            .await;
+            render(result, |()| no_content())
+        }
+        _ => unrouted(&req),
+    };
+    Ok(response)
 }
 
 /// `POST /auth/refresh` → 200 with a new access token and the refresh token's successor.
@@ -269,6 +393,7 @@ struct SessionBody<'a> {
     user_agent: Option<&'a str>,
     source_ip: Option<&'a str>,
     current: bool,
+    aal: &'static str,
 }
 
 #[derive(Serialize)]
@@ -291,6 +416,7 @@ fn sessions_body(sessions: &[crate::store::SessionInfo]) -> Response<Body> {
                     user_agent: s.user_agent.as_deref(),
                     source_ip: s.source_ip.as_deref(),
                     current: s.current,
+                    aal: s.factors.aal(),
                 })
                 .collect(),
         },

@@ -184,6 +184,11 @@ struct Problem<'a> {
     status: u16,
     code: &'static str,
     detail: &'a str,
+    /// `mfa_required`'s extension members (RFC 9457 §3.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mfa_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    methods: Option<&'static [&'static str]>,
 }
 
 /// An RFC 9457 problem document for `error`, with `WWW-Authenticate` on every 401 (RFC 6750
@@ -197,6 +202,12 @@ pub fn problem(error: &AuthError) -> Response<Body> {
         status: error.status(),
         code: error.code(),
         detail: &detail,
+        mfa_token: match error {
+            AuthError::MfaRequired(token) => Some(token.0.as_str()),
+            _ => None,
+        },
+        methods: matches!(error, AuthError::MfaRequired(_))
+            .then_some(&crate::error::MFA_METHODS[..]),
     };
     let text = serde_json::to_string(&body).unwrap_or_default();
     let mut response = respond(error.status(), Body::Text(text));

@@ -20,7 +20,8 @@ pub async fn prune(state: &AppState) -> Result<Value, crate::error::AuthError> {
         throttles = pruned.throttles,
         mail = pruned.mail,
         links = pruned.links,
-        mail_requests = pruned.mail_requests
+        mail_requests = pruned.mail_requests,
+        challenges = pruned.challenges
     );
     Ok(json!({
         "events": pruned.events,
@@ -30,6 +31,7 @@ pub async fn prune(state: &AppState) -> Result<Value, crate::error::AuthError> {
         "mail": pruned.mail,
         "links": pruned.links,
         "mail_requests": pruned.mail_requests,
+        "challenges": pruned.challenges,
     }))
 }
 

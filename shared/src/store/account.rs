@@ -5,6 +5,7 @@ use super::{
     Attempt, Limited, LoginLimits, NewLink, Queued, User, Window, attempt_from, counted, int,
     user_from, windowed,
 };
+use crate::token::Factors;
 use crate::{
     db::{Db, DbError},
     email::Email,
@@ -187,7 +188,8 @@ pub async fn verify_email(
     let row = db
         .query_opt(
             windowed!(
-                " SELECT w.wait, v.state, v.id, v.email, v.is_active, v.created_at, v.email_verified \
+                " SELECT w.wait, v.state, v.id, v.email, v.is_active, v.created_at, v.email_verified, \
+                         (SELECT x.mfa_enabled_at IS NOT NULL FROM users x WHERE x.id = v.id) AS mfa_enabled \
                   FROM w LEFT JOIN LATERAL \
                        (SELECT * FROM auth_verify_email($7, $8, $9, $10, $11) WHERE w.wait IS NULL OFFSET 0) v \
                   ON true"
@@ -440,6 +442,8 @@ pub struct SessionInfo {
     pub source_ip: Option<String>,
     /// Whether it is the caller's.
     pub current: bool,
+    /// How it was established (its `aal`).
+    pub factors: Factors,
 }
 
 /// The user's live sessions, newest first, if the caller's session is one of them (else
@@ -458,7 +462,7 @@ pub async fn live_sessions(
                              AND s.last_used_at > $3 - make_interval(secs => $4)) \
              SELECT id, created_at, last_used_at, \
                     least(expires_at, last_used_at + make_interval(secs => $4)) AS expires_at, \
-                    user_agent, source_ip, id = $2 AS current \
+                    user_agent, source_ip, id = $2 AS current, amr \
              FROM live WHERE EXISTS (SELECT 1 FROM live WHERE id = $2) \
              ORDER BY created_at DESC, id",
             &[
@@ -479,6 +483,7 @@ pub async fn live_sessions(
                 user_agent: r.try_get("user_agent").map_err(DbError::Query)?,
                 source_ip: r.try_get("source_ip").map_err(DbError::Query)?,
                 current: r.try_get("current").map_err(DbError::Query)?,
+                factors: super::factors_from(r)?,
             })
         })
         .collect()

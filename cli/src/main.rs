@@ -10,11 +10,17 @@
 //! - `events --user EMAIL [--limit N]` lists an account's recent audit events, newest first, one
 //!   `{time}\t{event}\t{reason}\tsession={id}\tip={address}\tua={agent}` line each (`-` for
 //!   none), or `events: none for {email}`;
-//! - `prune` deletes what has expired and prints `prune: deleted {a} audit events and {s}
-//!   sessions older than {d} days, {i} address-window rows and {t} backoff rows`;
+//! - `prune` deletes what has expired and prints `prune: deleted {a} audit events, {s} sessions
+//!   and {m} finished messages older than {d} days, {i} address-window rows, {t} backoff rows,
+//!   {l} expired links, {r} mail-request counts and {c} expired login challenges`;
 //! - `unlock --user EMAIL` lifts the account's lock (`403 account_locked`) and its backoffs,
 //!   audited as `account.unlocked`: `unlock: {email}: lock and backoffs cleared`, or exit 1
 //!   with `unlock: no account {email}` (its backoff rows are cleared all the same);
+//! - `mfa reset --user EMAIL` turns two-step login off for a user who lost both the device and
+//!   the recovery codes: the secret, the codes and pending login challenges go and every session
+//!   ends, audited as `mfa.disabled` with the reason `operator`: `mfa reset: {email}: two-step
+//!   login is off, every session ended`, or exit 1 with `mfa reset: no account {email}`. Check
+//!   who is asking first: this hands the account to whoever knows its password;
 //! - `grants --role NAME` prints the SQL that gives a database role what the functions need and
 //!   nothing more (see `shared::schema::grants`); with `--apply` it runs it in one transaction,
 //!   checks that the role can neither change the schema nor change or delete audit rows, and
@@ -82,6 +88,11 @@ enum Command {
         #[arg(long)]
         user: String,
     },
+    /// Operator actions on an account's two-step login.
+    Mfa {
+        #[command(subcommand)]
+        action: MfaAction,
+    },
     /// Print the SQL giving a database role what the functions need and nothing more.
     Grants {
         /// The role the functions connect as (create it first: `CREATE ROLE name LOGIN PASSWORD '…'`).
@@ -90,6 +101,17 @@ enum Command {
         /// Run the SQL against DATABASE_URL (as the tables' owner) instead of printing it.
         #[arg(long)]
         apply: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MfaAction {
+    /// Turn two-step login off and end every session (audited as `mfa.disabled`, reason
+    /// `operator`), for a user who lost the device and the recovery codes.
+    Reset {
+        /// The account's email (any case; normalized like at login).
+        #[arg(long)]
+        user: String,
     },
 }
 
@@ -237,6 +259,20 @@ async fn run(
                 return Ok(ExitCode::FAILURE);
             }
             println!("unlock: {email}: lock and backoffs cleared");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mfa {
+            action: MfaAction::Reset { user },
+        } => {
+            let email = Email::parse(&user).map_err(|e| e.detail())?;
+            let found = store::mfa_reset(&db, &email, chrono::Utc::now(), &operator)
+                .await
+                .map_err(|e| store_error("mfa reset", e))?;
+            if !found {
+                eprintln!("mfa reset: no account {email}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("mfa reset: {email}: two-step login is off, every session ended");
             Ok(ExitCode::SUCCESS)
         }
         Command::Grants { role, apply } => grants(&db, &role, apply).await,

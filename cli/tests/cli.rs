@@ -328,14 +328,14 @@ async fn prune_deletes_what_has_expired_and_keeps_the_rest() {
     assert_eq!(
         stdout(&out),
         format!(
-            "prune: deleted 0 audit events, 0 sessions and 0 finished messages older than 365 days, 5 address-window rows, {backoffs} backoff rows, 0 expired links and 0 mail-request counts\n"
+            "prune: deleted 0 audit events, 0 sessions and 0 finished messages older than 365 days, 5 address-window rows, {backoffs} backoff rows, 0 expired links, 0 mail-request counts and 0 expired login challenges\n"
         )
     );
     let out = authctl(&url, &["prune"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         stdout(&out),
-        "prune: deleted 4 audit events, 1 sessions and 0 finished messages older than 90 days, 0 address-window rows, 0 backoff rows, 0 expired links and 0 mail-request counts\n"
+        "prune: deleted 4 audit events, 1 sessions and 0 finished messages older than 90 days, 0 address-window rows, 0 backoff rows, 0 expired links, 0 mail-request counts and 0 expired login challenges\n"
     );
     assert_eq!(count("sessions"), "1");
     let out = authctl(&url, &["events", "--user", "ann@example.com"]);
@@ -355,7 +355,7 @@ async fn prune_deletes_what_has_expired_and_keeps_the_rest() {
         .expect("authctl runs");
     assert_eq!(
         stdout(&out),
-        "prune: deleted 0 audit events, 0 sessions and 0 finished messages older than 1 days, 0 address-window rows, 0 backoff rows, 0 expired links and 0 mail-request counts\n"
+        "prune: deleted 0 audit events, 0 sessions and 0 finished messages older than 1 days, 0 address-window rows, 0 backoff rows, 0 expired links, 0 mail-request counts and 0 expired login challenges\n"
     );
 }
 
@@ -432,6 +432,78 @@ async fn unlock_lifts_the_lock_and_the_backoffs_and_is_audited() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(stderr(&out), "unlock: no account nobody@example.com\n");
     assert_eq!(stdout(&out), "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mfa_reset_turns_two_step_login_off_ends_every_session_and_is_audited() {
+    let url = migrated_database().await;
+    let state = state(&url, &[], Utc::now());
+    let origin = from("198.51.100.5");
+    auth::register(
+        &state,
+        credentials("cy@example.com", STRONG_PASSWORD),
+        &origin,
+    )
+    .await
+    .expect("register");
+    let tokens = auth::login(
+        &state,
+        credentials("cy@example.com", STRONG_PASSWORD),
+        &origin,
+    )
+    .await
+    .expect("login");
+    let enrolment = auth::enrol_totp(&state, &tokens.access.token, STRONG_PASSWORD, &origin)
+        .await
+        .expect("enrol");
+    let secret = shared::totp::from_base32(&enrolment.secret).expect("base32");
+    let step = shared::totp::step_of(state.now().timestamp());
+    let code = shared::totp::Code::parse(&shared::totp::code_at_step(&secret, step)).expect("code");
+    auth::confirm_totp(&state, &tokens.access.token, &code, &origin)
+        .await
+        .expect("confirm");
+    assert!(matches!(
+        auth::login(
+            &state,
+            credentials("cy@example.com", STRONG_PASSWORD),
+            &origin
+        )
+        .await,
+        Err(AuthError::MfaRequired(_))
+    ));
+
+    let out = authctl(&url, &["mfa", "reset", "--user", "Cy@Example.com"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out),
+        "mfa reset: cy@example.com: two-step login is off, every session ended\n"
+    );
+    assert_eq!(
+        auth::current_user(&state, &tokens.access.token, &origin)
+            .await
+            .err(),
+        Some(AuthError::InvalidToken),
+        "every session ended"
+    );
+    auth::login(
+        &state,
+        credentials("cy@example.com", STRONG_PASSWORD),
+        &origin,
+    )
+    .await
+    .expect("the password alone logs in again");
+    let out = authctl(&url, &["events", "--user", "cy@example.com"]);
+    let listed = stdout(&out);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("\tmfa.disabled\toperator\tsession=-\tip=-\tua=authctl/")),
+        "{listed}"
+    );
+
+    let out = authctl(&url, &["mfa", "reset", "--user", "nobody@example.com"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(stderr(&out), "mfa reset: no account nobody@example.com\n");
 }
 
 fn url_as(url: &str, user: &str, password: &str) -> String {

@@ -83,6 +83,7 @@ const USERS_COLUMNS: &[(&str, &str, bool)] = &[
     ("created_at", "timestamp with time zone", false),
     ("updated_at", "timestamp with time zone", false),
     ("email_verified_at", "timestamp with time zone", true),
+    ("mfa_enabled_at", "timestamp with time zone", true),
 ];
 
 /// Columns the code reads or writes in the other tables, by (table, column).
@@ -94,6 +95,9 @@ const OTHER_COLUMNS: &[(&str, &str)] = &[
     ("outbox", "sealed"),
     ("outbox", "next_attempt_at"),
     ("mail_requests", "request_id"),
+    ("sessions", "amr"),
+    ("user_totp", "last_step"),
+    ("mfa_challenges", "password_fingerprint"),
 ];
 
 /// Compares the live `users` table with what the code expects: columns, types, nullability,
@@ -187,8 +191,8 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         differences.push("index: missing valid unique index on users(email)".to_owned());
     }
 
-    // The session, limit and audit tables (V2, V3), the mail and account tables (V4), and the
-    // functions that work on them.
+    // The session, limit and audit tables (V2, V3), the mail and account tables (V4), the
+    // two-step login tables (V6), and the functions that work on them.
     for table in [
         "sessions",
         "refresh_tokens",
@@ -198,6 +202,9 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         "link_tokens",
         "outbox",
         "mail_requests",
+        "user_totp",
+        "recovery_codes",
+        "mfa_challenges",
     ] {
         let found = client
             .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&table])
@@ -224,6 +231,14 @@ pub async fn verify(client: &Client) -> Result<Vec<String>, tokio_postgres::Erro
         "auth_revoke_session",
         "auth_mail_claim",
         "auth_window",
+        "auth_session_state",
+        "auth_totp_attempt",
+        "auth_totp_enrol",
+        "auth_totp_confirm",
+        "auth_totp_disable",
+        "auth_mfa_attempt",
+        "auth_mfa_finish",
+        "auth_mfa_reset",
     ] {
         let found = client
             .query_one(

@@ -121,10 +121,11 @@ async fn register_login_and_me_answer_as_the_contract_says() {
     assert_eq!(response.status(), 201);
     assert_eq!(header(&response, "content-type"), Some("application/json"));
     let user = body(&response);
-    assert_eq!(user.as_object().map(|o| o.len()), Some(5));
+    assert_eq!(user.as_object().map(|o| o.len()), Some(6));
     assert_eq!(user["email"], email.as_str());
     assert_eq!(user["is_active"], true);
     assert_eq!(user["email_verified"], false);
+    assert_eq!(user["mfa_enabled"], false);
     assert!(uuid::Uuid::parse_str(user["id"].as_str().expect("id")).is_ok());
     assert!(
         chrono::DateTime::parse_from_rfc3339(user["created_at"].as_str().expect("created_at"))

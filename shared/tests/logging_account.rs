@@ -702,3 +702,210 @@ async fn the_mailer_and_a_failing_mail_server_log_each_outcome_and_no_secret() {
         assert!(!error.contains("127.0.0.1"), "{e}");
     }
 }
+
+/// Fails when `code` stands alone anywhere in the log (six digits inside a longer run of
+/// letters and digits, such as an id, are not the code).
+fn assert_code_absent(log: &str, what: &str, code: &str) {
+    let bytes = log.as_bytes();
+    for (at, _) in log.match_indices(code) {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = bytes.get(at + code.len()).copied();
+        let alone = !before.is_some_and(|b| b.is_ascii_alphanumeric())
+            && !after.is_some_and(|b| b.is_ascii_alphanumeric());
+        assert!(!alone, "the log holds the {what} ({code}):\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn the_two_step_login_logs_each_outcome_and_no_secret() {
+    let captured = Captured::default();
+    let _guard = captured.install(Some("TRACE"), None);
+    let smtp = required_env("TEST_SMTP_URL");
+    let settings = [("SMTP_URL", smtp.as_str()), ("SMTP_TIMEOUT_MS", "10000")];
+    let state = fresh_state(&settings).await;
+    let ann = unique_email();
+    let mut secrets = state_secrets(&state);
+    secrets.push(("password".to_owned(), STRONG_PASSWORD.to_owned()));
+    secrets.push(("wrong password".to_owned(), WRONG_PASSWORD.to_owned()));
+    secrets.extend(address_secrets("Ann", &ann));
+    let ann_id = register(&state, &ann).await;
+    let (access, refresh) = login(&state, &ann, STRONG_PASSWORD).await;
+    secrets.push(("access token".to_owned(), access.clone()));
+    secrets.push(("refresh token".to_owned(), refresh));
+    let bearer = format!("Bearer {access}");
+    let mfa = |req| handlers::mfa(&state, req);
+
+    let enrol = |password: &str| {
+        post(
+            "/auth/mfa/totp",
+            Some(&bearer),
+            json!({ "password": password }),
+        )
+    };
+    let response = ok(mfa(enrol(WRONG_PASSWORD)).await);
+    expect(
+        &response,
+        403,
+        Some("wrong_password"),
+        "enrol, wrong password",
+    );
+    let response = ok(mfa(enrol(STRONG_PASSWORD)).await);
+    expect(&response, 200, None, "enrol");
+    let enrolment = body(&response);
+    let text = |name: &str| enrolment[name].as_str().expect("a member").to_owned();
+    let secret = shared::totp::from_base32(&text("secret")).expect("base32");
+    secrets.push(("TOTP secret token".to_owned(), text("secret")));
+    secrets.push(("otpauth URI".to_owned(), text("otpauth_uri")));
+    secrets.push(("QR code token".to_owned(), text("qr_code")));
+    let step = shared::totp::step_of(chrono::Utc::now().timestamp());
+    let code_at = |step| shared::totp::code_at_step(&secret, step);
+    let window: Vec<String> = (step - 1..=step + 2).map(code_at).collect();
+    let wrong = (0..10)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !window.contains(c))
+        .expect("a wrong code");
+
+    let confirm = |code: &str| {
+        post(
+            "/auth/mfa/totp/confirm",
+            Some(&bearer),
+            json!({ "code": code }),
+        )
+    };
+    let response = ok(mfa(confirm(&wrong)).await);
+    expect(&response, 401, Some("invalid_code"), "confirm, wrong code");
+    let response = ok(mfa(confirm(&code_at(step))).await);
+    expect(&response, 200, None, "confirm");
+    let recovery: Vec<String> = body(&response)["recovery_codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .map(|c| c.as_str().expect("a code").to_owned())
+        .collect();
+    for code in &recovery {
+        secrets.push(("recovery code token".to_owned(), code.clone()));
+        secrets.push(("recovery code token, raw".to_owned(), code.replace('-', "")));
+    }
+
+    // Login, its second step wrong, right, and by a recovery code.
+    let challenge = || async {
+        let response = ok(handlers::login(
+            &state,
+            post(
+                "/auth/login",
+                None,
+                json!({"email": ann, "password": STRONG_PASSWORD}),
+            ),
+        )
+        .await);
+        expect(&response, 401, Some("mfa_required"), "login with TOTP on");
+        body(&response)["mfa_token"]
+            .as_str()
+            .expect("a token")
+            .to_owned()
+    };
+    let verify = |token: &str, factor: Value| {
+        let mut body = factor;
+        body["mfa_token"] = token.into();
+        post("/auth/mfa/verify", None, body)
+    };
+    let first = challenge().await;
+    let response = ok(handlers::login(&state, verify(&first, json!({ "code": wrong }))).await);
+    expect(&response, 401, Some("invalid_code"), "verify, wrong code");
+    let response =
+        ok(handlers::login(&state, verify(&first, json!({ "code": code_at(step + 1) }))).await);
+    expect(&response, 200, None, "verify");
+    let tokens = body(&response);
+    let second = challenge().await;
+    let response = ok(handlers::login(
+        &state,
+        verify(&second, json!({ "recovery_code": recovery[0] })),
+    )
+    .await);
+    expect(&response, 200, None, "verify with a recovery code");
+    let response = ok(handlers::login(
+        &state,
+        verify(&second, json!({ "code": code_at(step + 2) })),
+    )
+    .await);
+    expect(&response, 401, Some("invalid_token"), "a used mfa_token");
+    for (what, token) in [
+        ("mfa_token", first),
+        ("second mfa_token", second),
+        (
+            "second-step access token",
+            tokens["access_token"].as_str().expect("t").to_owned(),
+        ),
+        (
+            "second-step refresh token",
+            tokens["refresh_token"].as_str().expect("t").to_owned(),
+        ),
+    ] {
+        secrets.push((what.to_owned(), token));
+    }
+
+    // Off with the password (every step a code could name now was used).
+    let off = post(
+        "/auth/mfa/totp",
+        Some(&bearer),
+        json!({ "password": STRONG_PASSWORD }),
+    );
+    let off = {
+        let (mut parts, body) = off.into_parts();
+        parts.method = http::Method::DELETE;
+        Request::from_parts(parts, body)
+    };
+    let response = ok(mfa(off).await);
+    expect(&response, 204, None, "off with the password");
+
+    let log = captured.text();
+    assert_holds_none(&log, &secrets);
+    for code in window.iter().chain([&wrong]) {
+        assert_code_absent(&log, "TOTP code", code);
+    }
+    let left: i64 = psql(&state)
+        .await
+        .query_one(
+            "SELECT count(*) FROM user_totp WHERE user_id = $1",
+            &[&ann_id],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "off: the secret is gone");
+    let events = events(&log);
+    let user = || ("user_id", Value::from(ann_id.to_string()));
+    for (event, fields, n) in [
+        (
+            "password.check_failed",
+            vec![user(), ("reason", "bad_password".into())],
+            1,
+        ),
+        ("mfa.enrolment_started", vec![user()], 1),
+        (
+            "mfa.challenge_failed",
+            vec![user(), ("reason", "bad_code".into())],
+            1,
+        ),
+        ("mfa.enrolled", vec![user()], 1),
+        ("login.mfa_required", vec![user()], 2),
+        (
+            "mfa.challenge_failed",
+            vec![user(), ("failures", 1.into())],
+            1,
+        ),
+        ("login.succeeded", vec![user(), ("aal", "aal2".into())], 2),
+        (
+            "mfa.challenge_failed",
+            vec![("reason", "unknown_token".into())],
+            1,
+        ),
+        ("mfa.disabled", vec![user()], 1),
+    ] {
+        assert_eq!(
+            count(&events, event, &fields),
+            n,
+            "{event} {fields:?} in:\n{log}"
+        );
+    }
+}

@@ -120,6 +120,21 @@ pub const ROUTES: &[Route] = &[
         costly_setup: true,
         ..route("DELETE /auth/sessions/{id}", "sessions", Floor::RoundTrips)
     },
+    route("POST /auth/mfa/totp", "mfa", Floor::Verify),
+    Route {
+        costly_setup: true,
+        mails_inline: true,
+        ..route("POST /auth/mfa/totp/confirm", "mfa", Floor::RoundTrips)
+    },
+    Route {
+        costly_setup: true,
+        mails_inline: true,
+        ..route("DELETE /auth/mfa/totp", "mfa", Floor::Verify)
+    },
+    Route {
+        costly_setup: true,
+        ..route("POST /auth/mfa/verify", "login", Floor::RoundTrips)
+    },
     Route {
         scheduled: true,
         ..route("schedule prune", "prune", Floor::RoundTrips)
@@ -351,6 +366,43 @@ impl Setup {
         })
     }
 
+    /// A pending TOTP enrolment of a new signed-in account: its address, the session and the
+    /// secret.
+    fn enrolled(&mut self, tag: &str) -> Result<(String, Session, shared::totp::TotpSecret)> {
+        let email = self.account(tag)?;
+        let session = self.login(&email, PASSWORD)?;
+        let body = json!({ "password": PASSWORD });
+        let event = post("/auth/mfa/totp", Some(&session.access), &body);
+        let answer = self.call("mfa", "POST /auth/mfa/totp", event, 200)?;
+        let secret = answer.body["secret"]
+            .as_str()
+            .and_then(shared::totp::from_base32)
+            .ok_or("enrolment answered without a secret")?;
+        Ok((email, session, secret))
+    }
+
+    /// A new account with TOTP on: its address, a session and its recovery codes.
+    fn totp_on(&mut self, tag: &str) -> Result<(String, Session, Vec<String>)> {
+        let (email, session, secret) = self.enrolled(tag)?;
+        let mut totp = Totp {
+            secret,
+            last_step: 0,
+        };
+        let body = json!({ "code": totp.next_code() });
+        let event = post("/auth/mfa/totp/confirm", Some(&session.access), &body);
+        let answer = self.call("mfa", "POST /auth/mfa/totp/confirm", event, 200)?;
+        let codes = answer.body["recovery_codes"]
+            .as_array()
+            .map(|codes| {
+                codes
+                    .iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .ok_or("confirm answered without recovery codes")?;
+        Ok((email, session, codes))
+    }
+
     /// Runs the mailer once (what is pending goes out).
     pub fn run_mailer(&mut self) -> Result<Value> {
         Ok(self
@@ -530,6 +582,59 @@ impl Setup {
                 }
                 Box::new(Prepared::new(requests))
             }
+            "POST /auth/mfa/totp" => {
+                // Enrolling again before confirming replaces the pending secret: repeatable.
+                let email = self.account("enrol")?;
+                let session = self.login(&email, PASSWORD)?;
+                let body = json!({ "password": PASSWORD });
+                let event = post("/auth/mfa/totp", Some(&session.access), &body);
+                Box::new(Repeat(fixed(event, 200, None)))
+            }
+            "POST /auth/mfa/totp/confirm" => {
+                let mut pending = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (_, session, secret) = self.enrolled("confirm")?;
+                    pending.push((
+                        session.access,
+                        Totp {
+                            secret,
+                            last_step: 0,
+                        },
+                    ));
+                }
+                Box::new(ConfirmTotp(pending.into_iter()))
+            }
+            "DELETE /auth/mfa/totp" => {
+                let mut requests = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let (_, session, _) = self.totp_on("mfa")?;
+                    let body = json!({ "password": PASSWORD });
+                    let event = apigw_event(
+                        "DELETE",
+                        "/auth/mfa/totp",
+                        Some(&session.access),
+                        Some(&body),
+                    );
+                    requests.push(fixed(event, 204, None));
+                }
+                Box::new(Prepared::new(requests))
+            }
+            "POST /auth/mfa/verify" => {
+                // Each request is the second step of a login made just before it, with a
+                // recovery code: the same statements as a TOTP code's, and ten per account,
+                // where a code is accepted once per 30-second step.
+                let mut second_steps = Vec::with_capacity(n);
+                while second_steps.len() < n {
+                    let (email, _, codes) = self.totp_on("mfa")?;
+                    second_steps.extend(codes.into_iter().map(|code| (email.clone(), code)));
+                }
+                let login = spawn_in(&self.bin_dir, &self.log, "login", &self.env)?;
+                Box::new(VerifyMfa {
+                    login,
+                    ready: false,
+                    second_steps: second_steps.into_iter(),
+                })
+            }
             "schedule prune" => Box::new(Repeat(fixed(scheduled_event("prune"), 200, None))),
             "schedule mailer (one message pending)" => {
                 let helper = spawn_in(&self.bin_dir, &self.log, "register", &self.no_mail)?;
@@ -644,6 +749,99 @@ impl Lane for Change {
     fn check(&mut self, _: &Request, _: &Answer) -> Result<()> {
         self.current_is_first = !self.current_is_first;
         Ok(())
+    }
+}
+
+/// An account's authenticator, as an app keeps it.
+struct Totp {
+    secret: shared::totp::TotpSecret,
+    last_step: u64,
+}
+
+impl Totp {
+    /// The code of the current step, or of the step after the last one used when that is
+    /// later (one step ahead is inside the window): the server accepts each step once.
+    fn next_code(&mut self) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let step = shared::totp::step_of(now).max(self.last_step + 1);
+        self.last_step = step;
+        shared::totp::code_at_step(&self.secret, step)
+    }
+}
+
+/// Each request confirms a pending enrolment of its own, with a code computed when it is sent.
+struct ConfirmTotp(std::vec::IntoIter<(String, Totp)>);
+
+impl Lane for ConfirmTotp {
+    fn next(&mut self) -> Result<Request> {
+        let (access, mut totp) = self
+            .0
+            .next()
+            .ok_or("the lane ran out of pending enrolments")?;
+        let body = json!({ "code": totp.next_code() });
+        Ok(Request {
+            route: "POST /auth/mfa/totp/confirm",
+            event: post("/auth/mfa/totp/confirm", Some(&access), &body),
+            expected: 200,
+            email: None,
+        })
+    }
+
+    fn check(&mut self, request: &Request, answer: &Answer) -> Result<()> {
+        match answer.body["recovery_codes"].as_array() {
+            Some(codes) if codes.len() == 10 => Ok(()),
+            _ => Err(format!(
+                "{} answered without ten recovery codes: {}",
+                request.route, answer.body
+            )
+            .into()),
+        }
+    }
+}
+
+/// Before each request, a login of its account (with its own login instance, on the direct
+/// database) answering `mfa_required`; the request is its second step, with a recovery code.
+struct VerifyMfa {
+    login: Instance,
+    ready: bool,
+    second_steps: std::vec::IntoIter<(String, String)>,
+}
+
+impl Lane for VerifyMfa {
+    fn next(&mut self) -> Result<Request> {
+        if !self.ready {
+            self.login.wait_ready(Duration::from_secs(20))?;
+            self.ready = true;
+        }
+        let (email, code) = self
+            .second_steps
+            .next()
+            .ok_or("the lane ran out of recovery codes")?;
+        let challenged = self.login.call(&Request {
+            route: "POST /auth/login",
+            event: post("/auth/login", None, &credentials(&email, PASSWORD)),
+            expected: 401,
+            email: None,
+        })?;
+        let token = challenged.body["mfa_token"]
+            .as_str()
+            .ok_or("login with TOTP on answered without an mfa_token")?;
+        let body = json!({ "mfa_token": token, "recovery_code": code });
+        Ok(Request {
+            route: "POST /auth/mfa/verify",
+            event: post("/auth/mfa/verify", None, &body),
+            expected: 200,
+            email: None,
+        })
+    }
+
+    fn check(&mut self, request: &Request, answer: &Answer) -> Result<()> {
+        match answer.body["access_token"].as_str() {
+            Some(_) => Ok(()),
+            None => {
+                Err(format!("{} answered without tokens: {}", request.route, answer.body).into())
+            }
+        }
     }
 }
 

@@ -22,7 +22,10 @@ use std::path::PathBuf;
 /// - reset checks the new password against the link holder's address, and hashes it, between
 ///   reading the link and using it;
 /// - every route that mails marks the message sent after the SMTP exchange (`mail_sent`):
-///   marked before, a failed send would be lost; never marked, the mailer would send it again.
+///   marked before, a failed send would be lost; never marked, the mailer would send it again;
+/// - the TOTP routes and login's second step check a code (or the password) between reading
+///   the sealed secret, with the attempt counted, and their write: the secret is opened with a
+///   key the database never sees.
 ///
 /// Whoever changes a count changes it here, and says why in BENCHMARKS.md.
 const EXPECTED: &[(&str, u64)] = &[
@@ -42,6 +45,10 @@ const EXPECTED: &[(&str, u64)] = &[
     ("POST /auth/password/change", 3),
     ("GET /auth/sessions", 1),
     ("DELETE /auth/sessions/{id}", 1),
+    ("POST /auth/mfa/totp", 2),
+    ("POST /auth/mfa/totp/confirm", 3),
+    ("DELETE /auth/mfa/totp", 3),
+    ("POST /auth/mfa/verify", 2),
     ("schedule prune", 1),
     // The claim, the sent mark, and the claim that finds nothing left.
     ("schedule mailer (one message pending)", 3),

@@ -18,7 +18,7 @@ pub type Target = (&'static str, fn(&[u8]));
 
 /// Each property by the name of its fuzz target (and of its directories under fuzz/corpus/ and
 /// shared/tests/fuzz-regressions/).
-pub const TARGETS: [Target; 9] = [
+pub const TARGETS: [Target; 10] = [
     ("json_body", json_body),
     ("email", email),
     ("password", password),
@@ -28,6 +28,7 @@ pub const TARGETS: [Target; 9] = [
     ("token_claims", token_claims),
     ("refresh", refresh),
     ("db_url", db_url),
+    ("mfa_codes", mfa_codes),
 ];
 
 fn request(header: Option<(&'static str, &[u8])>, body: Body) -> Option<Request> {
@@ -536,5 +537,40 @@ pub fn db_url(data: &[u8]) {
         .collect();
     if !settings.tls.verify_hostname {
         assert!(seen.contains("verify-ca"), "{url:?}");
+    }
+}
+
+/// `totp::Code::parse` and `totp::RecoveryCode::parse`, what the second step's fields go
+/// through. Input: the raw field (UTF-8; anything else is skipped).
+///
+/// Holds: a code is accepted exactly when the input without its spaces is six ASCII digits;
+/// a recovery code is accepted exactly when, without spaces and hyphens and upper-cased, it is
+/// sixteen base32 characters, and then its display form is `XXXX-XXXX-XXXX-XXXX` of those
+/// characters and parses again to the same code.
+pub fn mfa_codes(data: &[u8]) {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let digits: String = raw.chars().filter(|c| *c != ' ').collect();
+    let six_digits = digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit());
+    assert_eq!(shared::totp::Code::parse(raw).is_some(), six_digits, "{raw:?}");
+
+    let bare: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-'))
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let base32 = bare.len() == shared::totp::RECOVERY_CODE_CHARS
+        && bare.bytes().all(|b| matches!(b, b'A'..=b'Z' | b'2'..=b'7'));
+    let parsed = shared::totp::RecoveryCode::parse(raw);
+    assert_eq!(parsed.is_some(), base32, "{raw:?}");
+    if let Some(code) = parsed {
+        let shown = code.display();
+        assert_eq!(shown.replace('-', ""), bare);
+        assert_eq!(
+            shown.split('-').map(str::len).collect::<Vec<_>>(),
+            [4, 4, 4, 4]
+        );
+        assert_eq!(shared::totp::RecoveryCode::parse(&shown), Some(code));
     }
 }

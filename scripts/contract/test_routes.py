@@ -1,7 +1,9 @@
 """The routes are one list: openapi.yaml's paths and methods. The functions' router (Cargo.toml,
 read by cargo lambda watch and the local gateway) and the SAM template's routes must name the
-same ones, and openapi.yaml must hold together (every operation documented alike)."""
+same ones, openapi.yaml must hold together (every operation documented alike), and the contract
+run's hooks must give a real token to every operation that takes one."""
 
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -46,3 +48,20 @@ def test_every_operation_has_an_id_a_summary_a_tag_and_the_errors_of_its_kind():
             if operation.get("security", DOCUMENT.get("security")):
                 assert "401" in statuses, (method, path)
     assert len(ids) == len(set(ids))
+
+
+def test_the_contract_hooks_give_tokens_to_every_bearer_operation():
+    # hooks.py reads its settings at import, so its list is read from its source.
+    tree = ast.parse((ROOT / "scripts" / "contract" / "hooks.py").read_text())
+    bearer = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "BEARER" for t in node.targets)
+    )
+    secured = {
+        operation["operationId"]
+        for item in DOCUMENT["paths"].values()
+        for method, operation in item.items()
+        if method in METHODS and operation.get("security", DOCUMENT.get("security"))
+    }
+    assert sorted(bearer) == sorted(secured)

@@ -888,7 +888,7 @@ async fn the_two_step_login_logs_each_outcome_and_no_secret() {
             1,
         ),
         ("mfa.enrolled", vec![user()], 1),
-        ("login.mfa_required", vec![user()], 2),
+        ("mfa.challenge_started", vec![user()], 2),
         (
             "mfa.challenge_failed",
             vec![user(), ("failures", 1.into())],

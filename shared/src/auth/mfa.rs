@@ -412,7 +412,7 @@ pub(super) async fn challenge(
         audit(state, event, origin).await;
         return Ok(AuthError::InvalidCredentials);
     }
-    tracing::info!(event = "login.mfa_required", user_id = %user_id);
+    tracing::info!(event = "mfa.challenge_started", user_id = %user_id);
     Ok(AuthError::MfaRequired(MfaToken(refresh::encode(&raw))))
 }
 

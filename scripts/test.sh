@@ -9,7 +9,8 @@ cd "$ROOT"
 
 DB_PORT="${TEST_DB_PORT:-54330}"       # plain cluster "test"; its PgBouncer on DB_PORT+3
 FAULT_PORT=$((DB_PORT + 1))           # TLS cluster "faults" the fault tests restart and stop; its PgBouncer on +2
-E2E_PORT="${E2E_PORT:-9200}"          # e2e API; the pass through PgBouncer uses E2E_PORT+10
+E2E_PORT="${E2E_PORT:-9200}"          # e2e API; the pass through PgBouncer uses E2E_PORT+10, the
+                                      # contract's APIs E2E_PORT+20 (accounts) and +30 (stranger)
 # MailDev "test-E2E_PORT" (cargo tests): SMTP E2E_PORT+25, web +80; an e2e pass on port P:
 # "e2e-P" on SMTP P+26, web P+81. Named and numbered after E2E_PORT, so runs with another
 # E2E_PORT do not collide.
@@ -20,7 +21,7 @@ LOG="$ROOT/target/test-output.log"
 cleanup() {
   # Each server (and the background contract run) has its own process group: this stops the
   # functions cargo lambda started, and schemathesis, too.
-  for pid in ${SERVER_PIDS:-} ${CONTRACT_PID:-}; do kill -- "-$pid" 2>/dev/null || true; done
+  for pid in ${SERVER_PIDS:-} ${CONTRACT_PIDS:-}; do kill -- "-$pid" 2>/dev/null || true; done
   local maildev
   while IFS= read -r -d ';' maildev; do
     # shellcheck disable=SC2086
@@ -140,21 +141,41 @@ cargo build --quiet "${FUNCTION_BINS[@]}"
 export JWT_PRIVATE_KEY JWT_KEY_ID=e2e-key DATA_ENCRYPTION_KEY
 DATA_ENCRYPTION_KEY="$(openssl rand -base64 32)"
 JWT_PRIVATE_KEY="$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 2>/dev/null)"
-e2e "$E2E_PORT" "$E2E_URL"
 
-# The contract (openapi.yaml) against the real functions, two ways (scripts/contract/run.sh):
-# as a stranger against the API above, which keeps its default limits, and, in the background
-# while the second end-to-end pass runs, with real accounts against an API of its own whose
-# per-address limit is off (one client address would otherwise meet 429 at its 61st sign-up).
-step "contract: schemathesis as a stranger against the end-to-end API (its limits on)"
-scripts/contract/run.sh "http://127.0.0.1:$E2E_PORT" stranger 2>&1 | tee -a "$LOG"
-CONTRACT_PORT=$((E2E_PORT + 20))
-scripts/pg.sh psql test "$DB_PORT" -qc 'CREATE DATABASE contract'
-CONTRACT_URL="$(scripts/pg.sh url test "$DB_PORT" contract)"
-DATABASE_URL="$CONTRACT_URL" cargo run --quiet -p cli --bin authctl -- migrate
-IP_RATE_LIMIT_PER_MINUTE=0 serve "$CONTRACT_PORT" "$CONTRACT_URL"
-setsid scripts/contract/run.sh "http://127.0.0.1:$CONTRACT_PORT" accounts >"$ROOT/target/contract-accounts.log" 2>&1 &
-CONTRACT_PID=$!
+# The contract (openapi.yaml) against the real functions, two ways (scripts/contract/run.sh),
+# each against an API and a database of its own, in the background beside an end-to-end pass
+# (each takes minutes, mostly waiting on the other's requests): as a stranger, with the default
+# limits on, beside the first pass; with real accounts, the per-address limit off (one client
+# address would otherwise meet 429 at its 61st sign-up), beside the second.
+contract() {  # contract MODE PORT [IP_RATE_LIMIT_PER_MINUTE]: a fresh API, MODE run against it
+  local mode="$1" port="$2" url
+  scripts/pg.sh psql test "$DB_PORT" -qc "CREATE DATABASE contract_$mode"
+  url="$(scripts/pg.sh url test "$DB_PORT" "contract_$mode")"
+  DATABASE_URL="$url" cargo run --quiet -p cli --bin authctl -- migrate
+  if [[ -n "${3:-}" ]]; then
+    IP_RATE_LIMIT_PER_MINUTE="$3" serve "$port" "$url"
+  else
+    serve "$port" "$url"
+  fi
+  setsid scripts/contract/run.sh "http://127.0.0.1:$port" "$mode" >"$ROOT/target/contract-$mode.log" 2>&1 &
+  CONTRACT_PIDS="${CONTRACT_PIDS:-} $!"
+  eval "CONTRACT_${mode^^}_PID=$!"
+}
+contract_done() {  # contract_done MODE PORT: its outcome, into the log
+  local mode="$1" port="$2" pid_var="CONTRACT_${1^^}_PID" rc=0
+  step "contract: schemathesis, $mode (ran beside an end-to-end pass)"
+  wait "${!pid_var}" || rc=$?
+  tee -a "$LOG" <"$ROOT/target/contract-$mode.log"
+  if [[ $rc -ne 0 ]]; then
+    echo "the contract run ($mode) failed; the functions' log is in target/e2e-watch-$port.log" >&2
+    exit 1
+  fi
+}
+
+contract stranger $((E2E_PORT + 30))
+e2e "$E2E_PORT" "$E2E_URL"
+contract_done stranger $((E2E_PORT + 30))
+contract accounts $((E2E_PORT + 20)) 0
 
 step "end-to-end over HTTP again: HS256, the functions reaching Postgres through PgBouncer"
 unset JWT_PRIVATE_KEY JWT_KEY_ID
@@ -162,14 +183,7 @@ export JWT_SECRET
 JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
 e2e $((E2E_PORT + 10)) "$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" e2e)"
 
-step "contract: schemathesis with accounts (ran beside the second end-to-end pass)"
-contract_rc=0
-wait "$CONTRACT_PID" || contract_rc=$?
-tee -a "$LOG" <"$ROOT/target/contract-accounts.log"
-if [[ $contract_rc -ne 0 ]]; then
-  echo "the contract run with accounts failed; the functions' log is in target/e2e-watch-$CONTRACT_PORT.log" >&2
-  exit 1
-fi
+contract_done accounts $((E2E_PORT + 20))
 
 step "cfn-lint template.yaml"
 "$VENV/bin/cfn-lint" template.yaml

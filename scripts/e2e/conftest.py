@@ -217,6 +217,7 @@ _PROBES = [
     ("POST", "/auth/email/verify", b"{}", {"Content-Type": "application/json"}),
     ("POST", "/auth/password/reset", b"{}", {"Content-Type": "application/json"}),
     ("GET", "/auth/sessions", None, {}),
+    ("POST", "/auth/mfa/totp", b"{}", {"Content-Type": "application/json"}),
 ]
 
 

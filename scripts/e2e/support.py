@@ -84,6 +84,9 @@ FORGOT = "/auth/password/forgot"
 RESET = "/auth/password/reset"
 CHANGE = "/auth/password/change"
 SESSIONS = "/auth/sessions"
+MFA_TOTP = "/auth/mfa/totp"
+MFA_CONFIRM = "/auth/mfa/totp/confirm"
+MFA_VERIFY = "/auth/mfa/verify"
 
 # Text that would betray internals (library error text, stack traces, config) in an error body.
 LEAK_PATTERNS = re.compile(
@@ -227,10 +230,16 @@ def assert_too_many(resp) -> int:
     return assert_retry_after(resp)
 
 
-def assert_user_body(body, email: str, verified: bool = False) -> None:
+USER_FIELDS = {"id", "email", "is_active", "created_at", "email_verified", "mfa_enabled"}
+
+
+def assert_user_body(body, email: str, verified: bool = False, mfa_enabled: bool = False) -> None:
+    """The user body of register, me and verify (API.md "Responses", "Account", "Two-step
+    login")."""
     assert isinstance(body, dict), body
-    assert set(body) == {"id", "email", "is_active", "created_at", "email_verified"}, body
+    assert set(body) == USER_FIELDS, body
     assert body["email_verified"] is verified, body
+    assert body["mfa_enabled"] is mfa_enabled, body
     assert isinstance(body["id"], str), body
     assert str(uuid.UUID(body["id"])) == body["id"], f"id is not a canonical uuid: {body!r}"
     assert body["email"] == email, body
@@ -619,3 +628,28 @@ def list_sessions(client, access_token, **kw):
 
 def end_session(client, access_token, session_id: str, **kw):
     return send_json(client, "DELETE", f"{SESSIONS}/{session_id}", token=access_token, **kw)
+
+
+# --- two-step login (API.md "Two-step login (TOTP)") ------------------------------------------
+
+
+def enrol_totp(client, access_token, password, **kw):
+    return send_json(client, "POST", MFA_TOTP, {"password": password}, token=access_token, **kw)
+
+
+def confirm_totp(client, access_token, code, **kw):
+    return send_json(client, "POST", MFA_CONFIRM, {"code": code}, token=access_token, **kw)
+
+
+def disable_totp(client, access_token, *, code=None, password=None, **kw):
+    payload = {"code": code} if code is not None else {"password": password}
+    return send_json(client, "DELETE", MFA_TOTP, payload, token=access_token, **kw)
+
+
+def verify_mfa(client, mfa_token, *, code=None, recovery_code=None, **kw):
+    payload = {"mfa_token": mfa_token}
+    if code is not None:
+        payload["code"] = code
+    if recovery_code is not None:
+        payload["recovery_code"] = recovery_code
+    return client.post_json(MFA_VERIFY, payload, **kw)

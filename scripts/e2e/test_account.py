@@ -499,7 +499,7 @@ def test_delete_account_ends_everything_and_frees_the_email(api, new_client, mai
 # --------------------------------------------------------------------------------------------
 
 SESSION_FIELDS = {"id", "created_at", "last_used_at", "expires_at", "user_agent", "source_ip",
-                  "current"}
+                  "current", "aal"}
 
 
 def parse_time(value: str) -> float:
@@ -515,6 +515,7 @@ def sessions_of(client, access_token: str) -> list[dict]:
     assert isinstance(body["sessions"], list), body
     for s in body["sessions"]:
         assert isinstance(s, dict) and set(s) == SESSION_FIELDS, s
+        assert s["aal"] in ("aal1", "aal2"), s
     return body["sessions"]
 
 
@@ -541,6 +542,7 @@ def test_sessions_lists_the_live_sessions_newest_first(new_client):
         else:
             assert isinstance(s["source_ip"], str) and s["source_ip"], s
         assert s["current"] is (c is caller), s
+        assert s["aal"] == "aal1", s          # a password alone (API.md "Two-step login")
         created, used, expires = (parse_time(s[k]) for k in ("created_at", "last_used_at", "expires_at"))
         assert started - 5 <= created <= time.time() + 5, s
         assert created - 1 <= used <= time.time() + 5, s

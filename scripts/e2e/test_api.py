@@ -687,6 +687,9 @@ def test_login_200_body_headers_and_claims(api):
     assert before - 60 <= claims["iat"] <= after + 60, claims
     assert abs((claims["exp"] - claims["iat"]) - ACCESS_TOKEN_TTL) <= 1, claims
     assert isinstance(claims["jti"], str) and claims["jti"], claims
+    # a password alone: RFC 8176's "pwd", assurance level aal1 (API.md "Two-step login")
+    assert claims.get("amr") == ["pwd"], claims
+    assert claims.get("aal") == "aal1", claims
     assert "password" not in json.dumps(claims).lower()
     assert body["refresh_token"] not in json.dumps(claims)
 

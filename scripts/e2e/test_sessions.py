@@ -185,6 +185,8 @@ def test_refresh_rotates_both_tokens(api):
     assert header.get("alg") == ALG and str(header.get("typ")).lower() == ACCESS_TOKEN_TYP, header
     old = claims(first["access_token"])
     assert new["sub"] == user.id and new["sid"] == old["sid"], (old, new)
+    # the session's authentication methods and level travel with it
+    assert (new["amr"], new["aal"]) == (old["amr"], old["aal"]) == (["pwd"], "aal1"), (old, new)
     assert new["jti"] != old["jti"]
     assert new["iat"] >= old["iat"]
     assert assert_json_response(api.me(second["access_token"]), 200) == user.body
@@ -492,6 +494,11 @@ def test_discovery_document(api):
     assert set(body["subject_types_supported"]) <= {"public", "pairwise"}, body
     assert ALG in body["id_token_signing_alg_values_supported"], body
     assert "none" not in body["id_token_signing_alg_values_supported"], body
+    # the claims access tokens carry, the Account and Two-step login sections' among them
+    supported = body.get("claims_supported")
+    assert isinstance(supported, list) and all(isinstance(c, str) and c for c in supported), body
+    assert len(set(supported)) == len(supported), body
+    assert {"sub", "iss", "aud", "exp", "iat", "email_verified", "amr", "aal"} <= set(supported), body
 
 
 def test_access_tokens_verify_with_the_published_keys(api):

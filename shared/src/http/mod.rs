@@ -220,6 +220,10 @@ pub fn problem(error: &AuthError) -> Response<Body> {
         AuthError::TokenExpired => Some(
             r#"Bearer realm="auth", error="invalid_token", error_description="The access token expired""#,
         ),
+        // A refused mfa_token is a refused token, as a refused refresh token is.
+        AuthError::InvalidMfaToken => Some(
+            r#"Bearer realm="auth", error="invalid_token", error_description="The sign-in token is not valid""#,
+        ),
         e if e.status() == 401 => Some(r#"Bearer realm="auth""#),
         _ => None,
     };

@@ -553,7 +553,11 @@ pub fn mfa_codes(data: &[u8]) {
     };
     let digits: String = raw.chars().filter(|c| *c != ' ').collect();
     let six_digits = digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit());
-    assert_eq!(shared::totp::Code::parse(raw).is_some(), six_digits, "{raw:?}");
+    assert_eq!(
+        shared::totp::Code::parse(raw).is_some(),
+        six_digits,
+        "{raw:?}"
+    );
 
     let bare: String = raw
         .chars()

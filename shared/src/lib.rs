@@ -6,7 +6,8 @@
 //!   Secrets Manager at init; [`keys`]: the keys derived from `DATA_ENCRYPTION_KEY`;
 //! - [`db`]: the connection pool, TLS, deadlines and retry; [`store`]: all the SQL;
 //! - [`email`], [`password`]: parsed newtypes and argon2id; [`token`]: JWT issue and verify;
-//! - [`openapi`]: the OpenAPI document, as `GET /openapi.json` serves it;
+//! - [`openapi`]: the OpenAPI document, as `GET /openapi.json` serves it; [`pages`]: the
+//!   HTML pages, embedded;
 //! - [`auth`]: the operations, free of Lambda types; [`error`]: the one error enum;
 //! - [`http`]: the only module that knows `lambda_http`.
 
@@ -21,6 +22,7 @@ pub mod keys;
 pub mod mail;
 pub mod openapi;
 pub mod origin;
+pub mod pages;
 pub mod password;
 pub mod refresh;
 #[cfg(feature = "migrations")]

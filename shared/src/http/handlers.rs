@@ -279,6 +279,53 @@ pub async fn keys(tokens: &TokenKeys, req: Request) -> Result<Response<Body>, Er
     Ok(public_json(document, KEYS_MAX_AGE_SECS))
 }
 
+/// `GET /`, `/account`, `/verify-email`, `/reset-password` and `/assets/{file}`: the embedded
+/// pages ([`crate::pages`]), each with its `Cache-Control` and ETag (`304` when
+/// `If-None-Match` names it), and the pages' security headers on every answer, a `404` for an
+/// unknown asset included.
+pub async fn pages(req: Request) -> Result<Response<Body>, Error> {
+    use lambda_http::http::{
+        HeaderName, HeaderValue, StatusCode,
+        header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH},
+    };
+    let mut response = match (req.method(), crate::pages::find(req.uri().path())) {
+        (&Method::GET, Some((asset, etag))) => {
+            let fresh = req
+                .headers()
+                .get(IF_NONE_MATCH)
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|value| crate::pages::none_match(value, etag));
+            let mut response = if fresh {
+                let mut response = Response::new(Body::Empty);
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                response
+            } else {
+                let mut response = Response::new(Body::Text(asset.body.to_owned()));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+                response
+            };
+            let headers = response.headers_mut();
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static(asset.cache_control));
+            headers.insert(ETAG, HeaderValue::from_static(etag));
+            response
+        }
+        // `/assets/{file}` with no such file.
+        (&Method::GET, None) if req.uri().path().starts_with("/assets/") => {
+            super::problem(&AuthError::NotFound)
+        }
+        _ => unrouted(&req),
+    };
+    for (name, value) in crate::pages::SECURITY_HEADERS {
+        response.headers_mut().insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    Ok(response)
+}
+
 /// The bearer token of a request that needs one: `401 missing_token` without it.
 fn required_bearer(req: &Request) -> Result<&str, AuthError> {
     match bearer(req) {

@@ -282,6 +282,18 @@ where
     })
 }
 
+/// [`run`] for the function that needs no settings at all (`pages`: embedded files).
+pub fn run_stateless<F, Fut>(handler: F) -> Result<(), lambda_http::Error>
+where
+    F: Fn(Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, lambda_http::Error>> + Send,
+{
+    runtime()?.block_on(async {
+        init_logging();
+        lambda_http::run(lambda_http::service_fn(handler)).await
+    })
+}
+
 fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }

@@ -90,6 +90,8 @@ pub const ROUTES: &[Route] = &[
         Floor::RoundTrips,
     ),
     route("GET /openapi.json", "keys", Floor::RoundTrips),
+    route("GET /", "pages", Floor::RoundTrips),
+    route("GET /assets/{file}", "pages", Floor::RoundTrips),
     Route {
         costly_setup: true,
         ..route("POST /auth/email/verify", "email", Floor::RoundTrips)
@@ -507,7 +509,8 @@ impl Setup {
             }
             "GET /.well-known/jwks.json"
             | "GET /.well-known/openid-configuration"
-            | "GET /openapi.json" => {
+            | "GET /openapi.json"
+            | "GET /" => {
                 let path = &name["GET ".len()..];
                 Box::new(Repeat(fixed(
                     apigw_event("GET", path, None, None),
@@ -515,6 +518,11 @@ impl Setup {
                     None,
                 )))
             }
+            "GET /assets/{file}" => Box::new(Repeat(fixed(
+                apigw_event("GET", "/assets/app.js", None, None),
+                200,
+                None,
+            ))),
             "POST /auth/email/verify" => {
                 let emails = (0..n)
                     .map(|_| self.account("verify"))

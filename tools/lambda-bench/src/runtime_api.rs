@@ -237,6 +237,8 @@ pub fn apigw_event(method: &str, path: &str, bearer: Option<&str>, body: Option<
     // The route key is the template's (`/auth/sessions/{id}`), the path the request's.
     let route = if path.starts_with("/auth/sessions/") {
         "/auth/sessions/{id}"
+    } else if path.starts_with("/assets/") {
+        "/assets/{file}"
     } else {
         path
     };

@@ -38,6 +38,8 @@ const EXPECTED: &[(&str, u64)] = &[
     ("GET /.well-known/jwks.json", 0),
     ("GET /.well-known/openid-configuration", 0),
     ("GET /openapi.json", 0),
+    ("GET /", 0),
+    ("GET /assets/{file}", 0),
     ("POST /auth/email/verify", 1),
     ("POST /auth/email/verify/resend", 2),
     ("POST /auth/password/forgot", 2),

@@ -55,7 +55,7 @@ if ((MAILDEV)); then
   if [[ -z "${SMTP_URL:-}" ]]; then
     export SMTP_URL
     SMTP_URL="$(scripts/maildev.sh url dev "$MAILDEV_SMTP_PORT" "$MAILDEV_WEB_PORT")"
-    MAIL_NOTE="mail to MailDev: read it at http://127.0.0.1:$MAILDEV_WEB_PORT"
+    MAIL_NOTE="mail to MailDev: the inbox is http://127.0.0.1:$MAILDEV_WEB_PORT"
   else
     MAIL_NOTE="mail to the SMTP_URL set by hand, not to MailDev (http://127.0.0.1:$MAILDEV_WEB_PORT stays empty)"
   fi
@@ -75,6 +75,7 @@ print(", ".join(sorted(path for path in router if path != "$default")))
 PY
 )"
 step "serving the API on http://localhost:$PORT"
+echo "the pages (sign up, sign in, your account): http://localhost:$PORT/"
 echo "routes: $ROUTES"
 echo "the contract (OpenAPI 3.1): http://localhost:$PORT/openapi.json"
 echo "$MAIL_NOTE"

@@ -18,6 +18,22 @@ for _function in "${FUNCTIONS[@]}"; do FUNCTION_BINS+=(--bin "$_function"); done
 unset _function
 has_function() { [[ " ${FUNCTIONS[*]} " == *" $1 "* ]]; }
 
+# The browser tests drive Debian's Chromium (no browser can be downloaded): CHROMIUM, else
+# /usr/bin/chromium, installed with apt-get when missing and this is root, as PostgreSQL is.
+ensure_chromium() {
+  CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+  if [[ ! -x "$CHROMIUM" && $EUID -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    step "Chromium not found; installing it: apt-get update && apt-get install -y chromium"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >&2 ||
+      { echo "could not install chromium" >&2; exit 1; }
+  fi
+  [[ -x "$CHROMIUM" ]] || {
+    echo "the browser tests need Chromium at $CHROMIUM: sudo apt-get update && sudo apt-get install -y chromium (or set CHROMIUM)" >&2
+    exit 1
+  }
+  export CHROMIUM
+}
+
 # The venv holds cargo-lambda, cfn-lint, pytest and schemathesis (scripts/requirements.txt), nothing global.
 ensure_venv() {
   local stamp="$VENV/.requirements"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: formatting, lints, unit, database, handler and fault tests on throwaway Postgres
 # clusters (one plain, one with TLS), the database and end-to-end suites a second time through
-# a transaction-mode PgBouncer (as Neon's -pooler endpoint), and the SAM template lint. Mail goes
-# to throwaway MailDev servers: one for the cargo tests, one for each end-to-end pass.
+# a transaction-mode PgBouncer (as Neon's -pooler endpoint), the contract, the pages in headless
+# Chromium, and the SAM template lint. Mail goes to throwaway MailDev servers: one for the cargo
+# tests, one for each API the end-to-end, contract and browser runs talk to.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
@@ -10,7 +11,8 @@ cd "$ROOT"
 DB_PORT="${TEST_DB_PORT:-54330}"       # plain cluster "test"; its PgBouncer on DB_PORT+3
 FAULT_PORT=$((DB_PORT + 1))           # TLS cluster "faults" the fault tests restart and stop; its PgBouncer on +2
 E2E_PORT="${E2E_PORT:-9200}"          # e2e API; the pass through PgBouncer uses E2E_PORT+10, the
-                                      # contract's APIs E2E_PORT+20 (accounts) and +30 (stranger)
+                                      # contract's APIs E2E_PORT+20 (accounts) and +30 (stranger),
+                                      # the browser tests' E2E_PORT+40
 # MailDev "test-E2E_PORT" (cargo tests): SMTP E2E_PORT+25, web +80; an e2e pass on port P:
 # "e2e-P" on SMTP P+26, web P+81. Named and numbered after E2E_PORT, so runs with another
 # E2E_PORT do not collide.
@@ -36,6 +38,7 @@ trap cleanup EXIT
 mkdir -p target && : >"$LOG"
 
 ensure_venv
+ensure_chromium
 
 # tools/lambda-bench is a workspace of its own (built by `make bench` and the round-trip test
 # below), so it is formatted and linted on its own, into the same target directory.
@@ -172,10 +175,37 @@ contract_done() {  # contract_done MODE PORT: its outcome, into the log
   fi
 }
 
+# The pages in headless Chromium (scripts/browser), against an API and a database of their own,
+# in the background beside the second pass. A browser's every request comes from 127.0.0.1, so
+# the per-address limit is off there (the mail limits stay on); the issuer, and so APP_URL (the
+# mail's links), is that API's own base URL, as make dev's is.
+browser_tests() {  # browser_tests PORT
+  local port="$1" url
+  scripts/pg.sh psql test "$DB_PORT" -qc "CREATE DATABASE browser"
+  url="$(scripts/pg.sh url test "$DB_PORT" browser)"
+  DATABASE_URL="$url" cargo run --quiet -p cli --bin authctl -- migrate
+  IP_RATE_LIMIT_PER_MINUTE=0 JWT_ISSUER="http://127.0.0.1:$port" serve "$port" "$url"
+  API_URL="http://127.0.0.1:$port" DATABASE_URL="$url" \
+    setsid "$VENV/bin/pytest" -q -p no:cacheprovider scripts/browser >"$ROOT/target/browser.log" 2>&1 &
+  BROWSER_PID=$!
+  CONTRACT_PIDS="${CONTRACT_PIDS:-} $!"
+}
+browser_tests_done() {  # browser_tests_done PORT
+  local rc=0
+  step "the pages in headless Chromium (ran beside the second end-to-end pass; screenshots in target/screenshots)"
+  wait "$BROWSER_PID" || rc=$?
+  tee -a "$LOG" <"$ROOT/target/browser.log"
+  if [[ $rc -ne 0 ]]; then
+    echo "the browser tests failed; the functions' log is in target/e2e-watch-$1.log" >&2
+    exit 1
+  fi
+}
+
 contract stranger $((E2E_PORT + 30))
 e2e "$E2E_PORT" "$E2E_URL"
 contract_done stranger $((E2E_PORT + 30))
 contract accounts $((E2E_PORT + 20)) 0
+browser_tests $((E2E_PORT + 40))
 
 step "end-to-end over HTTP again: HS256, the functions reaching Postgres through PgBouncer"
 unset JWT_PRIVATE_KEY JWT_KEY_ID
@@ -184,6 +214,7 @@ JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')"
 e2e $((E2E_PORT + 10)) "$(scripts/pgbouncer.sh url testbouncer $((DB_PORT + 3)) test "$DB_PORT" e2e)"
 
 contract_done accounts $((E2E_PORT + 20))
+browser_tests_done $((E2E_PORT + 40))
 
 step "cfn-lint template.yaml"
 "$VENV/bin/cfn-lint" template.yaml

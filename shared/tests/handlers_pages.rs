@@ -33,17 +33,30 @@ fn assert_security_headers(response: &Response<Body>) {
 #[tokio::test]
 async fn every_file_is_served_with_its_type_caching_and_etag_and_a_current_copy_gets_304() {
     for asset in ASSETS {
-        let response = handlers::pages(get(asset.path, None)).await.expect("answer");
+        let response = handlers::pages(get(asset.path, None))
+            .await
+            .expect("answer");
         assert_eq!(response.status(), 200, "{}", asset.path);
         assert_security_headers(&response);
         assert_eq!(header(&response, "content-type"), asset.content_type);
         let html = asset.content_type.starts_with("text/html");
         let caching = header(&response, "cache-control");
-        assert_eq!(caching, if html { "no-cache" } else { "public, max-age=300" });
+        assert_eq!(
+            caching,
+            if html {
+                "no-cache"
+            } else {
+                "public, max-age=300"
+            }
+        );
         assert!(matches!(response.body(), Body::Text(t) if t == asset.body));
         let etag = header(&response, "etag").to_owned();
 
-        for validator in [etag.clone(), format!("W/{etag}"), format!("\"other\", {etag}")] {
+        for validator in [
+            etag.clone(),
+            format!("W/{etag}"),
+            format!("\"other\", {etag}"),
+        ] {
             let again = handlers::pages(get(asset.path, Some(&validator)))
                 .await
                 .expect("answer");
@@ -65,7 +78,10 @@ async fn an_unknown_asset_is_a_404_problem_with_the_same_headers() {
         .await
         .expect("answer");
     assert_eq!(response.status(), 404);
-    assert_eq!(header(&response, "content-type"), "application/problem+json");
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/problem+json"
+    );
     assert_eq!(header(&response, "cache-control"), "no-store");
     assert_security_headers(&response);
     assert!(matches!(response.body(), Body::Text(t) if t.contains("\"code\":\"not_found\"")));

@@ -99,7 +99,13 @@ mod tests {
             Some(AuthError::NotFound)
         );
         assert_eq!(unrouted("GET", "/nowhere"), Some(AuthError::NotFound));
-        assert_eq!(unrouted("GET", "/"), Some(AuthError::NotFound));
+        assert_eq!(unrouted("GET", "/index.html"), Some(AuthError::NotFound));
+        assert_eq!(unrouted("GET", "/assets/"), Some(AuthError::NotFound));
+        assert_eq!(
+            unrouted("POST", "/"),
+            Some(AuthError::MethodNotAllowed { allow: "GET" })
+        );
+        assert_eq!(unrouted("GET", "/assets/app.js"), None);
     }
 
     #[test]

@@ -43,7 +43,7 @@ def test_another_method_on_a_documented_path_is_405_with_its_methods(api, method
     assert allow in resp.json()["detail"]
 
 
-@pytest.mark.parametrize("path", ["/", "/auth", "/auth/me/", "/auth/sessions/", "/auth/sessions/a/b", "/nowhere"])
+@pytest.mark.parametrize("path", ["/index.html", "/assets/", "/account/", "/auth", "/auth/me/", "/auth/sessions/", "/auth/sessions/a/b", "/nowhere"])
 def test_a_path_no_route_has_is_a_404_problem(api, path):
     for method in ("GET", "POST"):
         resp = api.request(method, path)
@@ -57,9 +57,14 @@ def test_a_documented_route_is_never_answered_by_the_fallback(api):
         for method in item:
             if method not in {"get", "post", "delete"}:
                 continue
-            resp = api.request(method.upper(), path.replace("{id}", "3f0e7a52-2f5e-4f3c-9a43-d0c6a8a1c2b1"))
+            concrete = path.replace("{id}", "3f0e7a52-2f5e-4f3c-9a43-d0c6a8a1c2b1").replace("{file}", "app.js")
+            resp = api.request(method.upper(), concrete)
             assert resp.status != 405, (method, path, resp)
             if resp.status == 404:
                 assert media_type(resp) == "application/problem+json" and resp.json()["code"] == "session_not_found"
-            if resp.status == 200:
+            if resp.status == 200 and "pages" in item[method]["tags"]:
+                # The pages function's own answer, with its policy.
+                assert media_type(resp) in ("text/html", "text/javascript"), resp
+                assert resp.headers.get("content-security-policy", "").startswith("default-src 'self'"), resp
+            elif resp.status == 200:
                 assert_json_response(resp, 200)

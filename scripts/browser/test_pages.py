@@ -287,6 +287,7 @@ def test_sessions_are_listed_and_ended_and_the_password_changed(new_context):
     expect(current).to_have_count(1)
     expect(current).to_contain_text("This session")
     expect(current).to_contain_text("with a password")
+    expect(current).to_contain_text("Chrome on Linux")  # its user agent, as a person names it
     expect(current.get_by_role("button")).to_have_count(0)
     # Newest first: this session is the first row.
     expect(rows.first).to_have_attribute("data-current", "true")
@@ -546,8 +547,6 @@ def test_every_page_is_accessible_fits_the_width_and_is_photographed(new_context
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     email, password, _ = account()
     page = new_context(width=width, height=800).new_page()
-    status_code, tokens = call("POST", "/auth/login", {"email": email, "password": password})
-    assert status_code == 200, tokens
 
     def check(name: str) -> None:
         serious = [v for v in axe_violations(page, axe_source) if v["impact"] in ("serious", "critical")]
@@ -569,9 +568,7 @@ def test_every_page_is_accessible_fits_the_width_and_is_photographed(new_context
     expect(page.locator("#signup-email-error")).to_contain_text("The email address is not valid")
     check("sign-in-errors")
 
-    page.evaluate(f"t => sessionStorage.setItem('{REFRESH_KEY}', t)", tokens["refresh_token"])
-    page.goto("/account")
-    expect_account(page, email)
+    signed_in(page, email, password)
     check("account")
     page.locator("#mfa-start-password").fill(password)
     page.get_by_role("button", name="Turn on two-step login").click()

@@ -40,6 +40,17 @@ function showUser(body) {
   for (const field of document.querySelectorAll('input[name="username"]')) field.value = user.email;
 }
 
+// A session's user agent as a person names it ("Firefox on Linux"); the whole string is its title.
+function device(agent) {
+  if (!agent) return "An unknown device";
+  const browser = [["Edg/", "Edge"], ["Firefox/", "Firefox"], ["Chrome/", "Chrome"], ["Safari/", "Safari"], ["curl/", "curl"]]
+    .find(([mark]) => agent.includes(mark))?.[1];
+  const system = [["Android", "Android"], ["iPhone", "iOS"], ["iPad", "iPadOS"], ["Windows", "Windows"], ["Mac OS", "macOS"], ["Linux", "Linux"]]
+    .find(([mark]) => agent.includes(mark))?.[1];
+  if (browser && system) return `${browser} on ${system}`;
+  return browser ?? (agent.length > 60 ? `${agent.slice(0, 60)}…` : agent);
+}
+
 // Which of the two-step login forms shows: one at a time.
 function showMfa(form) {
   for (const f of [forms.mfaStart, forms.mfaConfirm, forms.mfaCodes, forms.mfaOff]) show(f, f === form);
@@ -54,7 +65,8 @@ async function loadSessions() {
       item.className = "session";
       const text = document.createElement("div");
       const title = document.createElement("p");
-      title.textContent = s.user_agent || "An unknown device";
+      title.textContent = device(s.user_agent);
+      if (s.user_agent) title.title = s.user_agent;
       if (s.current) {
         const badge = document.createElement("span");
         badge.className = "badge";

@@ -3,6 +3,7 @@ MailDev, the second step's codes computed with pyotp, the QR code read back with
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -149,7 +150,6 @@ def test_an_unverified_account_can_ask_for_a_new_link_and_an_expired_one_says_so
 def test_without_scripts_a_form_sends_nothing_anywhere(new_context):
     page = new_context(java_script_enabled=False).new_page()
     page.goto("/")
-    expect(page.locator("noscript")).to_have_count(1)
     page.locator("#signin-email").fill(new_email("noscript"))
     page.locator("#signin-password").fill(strong_password())
     requests = []
@@ -200,6 +200,48 @@ def test_sign_in_refusals_show_their_detail_without_moving_the_form(page):
     expect(page.locator("#signup-password-error")).to_contain_text("too common")
     # The email's earlier message is gone.
     expect(page.locator("#signup-email-error")).to_have_text("")
+
+
+def test_an_answer_that_is_no_problem_document_and_a_lost_connection_read_as_sentences(page, watch):
+    email, password, _ = account()
+    page.goto("/")
+    page.locator("#signin-email").fill(email)
+    page.locator("#signin-password").fill(password)
+    # A gateway's own error page, then no answer at all, stood in by the browser.
+    page.route("**/auth/login", lambda route: route.fulfill(
+        status=502, content_type="text/html", body="<html><body><h1>502 Bad Gateway</h1></body></html>"))
+    page.get_by_role("button", name="Sign in").click()
+    expect(status(page, "signin")).to_have_text(
+        "The service answered with an unexpected error (HTTP 502). Try again in a moment.")
+    page.unroute("**/auth/login")
+    page.route("**/auth/login", lambda route: route.abort("internetdisconnected"))
+    page.get_by_role("button", name="Sign in").click()
+    expect(status(page, "signin")).to_have_text(
+        "The service could not be reached. Check your connection and try again.")
+    page.unroute("**/auth/login")
+    page.get_by_role("button", name="Sign in").click()
+    expect_account(page, email)
+    # The browser logged the two failed loads this test caused; nothing else may be there.
+    watch.problems[:] = [p for p in watch.problems
+                         if not (p.endswith("/auth/login)") and "Failed to load resource" in p)]
+
+
+def test_an_unverified_sign_in_can_ask_for_a_new_link_where_it_stands(page, maildev):
+    # REQUIRE_VERIFIED_EMAIL=true answers a right password of an unverified account with this
+    # (API.md); this API runs with it off, so the browser gives that answer. The resend is real.
+    email, password, _ = account()
+    maildev.wait_for_one(email, VERIFICATION)
+    page.route("**/auth/login", lambda route: route.fulfill(
+        status=403, content_type="application/problem+json", body=json.dumps({
+            "type": "about:blank", "title": "Forbidden", "status": 403, "code": "email_not_verified",
+            "detail": "Verify your email address first: follow the link in the message we sent."})))
+    sign_in(page, email, password)
+    expect(status(page, "signin")).to_have_text(
+        "Verify your email address first: follow the link in the message we sent.")
+    page.get_by_role("button", name="Send the verification link again").click()
+    expect(status(page, "signin")).to_have_text(f"We sent a new link to {email}: follow it, then sign in.")
+    expect(page.get_by_role("button", name="Send the verification link again")).to_be_hidden()
+    maildev.wait_for(email, 2, VERIFICATION)
 
 
 def test_too_many_requests_say_when_to_try_again(page):
@@ -377,19 +419,32 @@ def test_the_access_token_is_refreshed_before_it_expires(page):
     signed_in(page, email, password)
     first = refresh_token(page)
     assert first
+    issued = []
+    page.on("response", lambda r: issued.append(r.json()["access_token"])
+            if r.url.endswith("/auth/refresh") and r.status == 200 else None)
     # Past the point a minute before the 15-minute access token expires: the page's timer fires.
     page.clock.run_for("14:01")
     deadline = time.monotonic() + 30
-    while refresh_token(page) == first:
+    while refresh_token(page) == first or not issued:
         assert time.monotonic() < deadline, "no silent refresh"
         time.sleep(0.1)
-    # The access token held in memory is the new one, and works.
-    page.get_by_role("button", name="Send the verification link again").click()
-    expect(status(page, "resend")).to_have_text(f"We sent a new link to {email}.")
-    # Only the refresh token is stored, and only for this tab.
-    assert page.evaluate("localStorage.length") == 0
+    # The access token held in memory is the new one: the next bearer call sends it, and works.
+    with page.expect_request(lambda r: r.url.endswith("/auth/logout")) as logout:
+        page.get_by_role("button", name="Log out", exact=True).click()
+    assert logout.value.headers["authorization"] == f"Bearer {issued[-1]}"
+    expect(page.locator("#signed-out-why")).to_have_text("You logged out.")
+    assert page.evaluate("localStorage.length") == 0 and page.context.cookies() == []
+
+
+def test_only_the_refresh_token_is_stored_and_only_for_this_tab(page):
+    email, password, _ = account()
+    signed_in(page, email, password)
     assert page.evaluate("Object.keys(sessionStorage)") == [REFRESH_KEY]
+    assert page.evaluate("localStorage.length") == 0
     assert page.context.cookies() == []
+    # The access token is in no storage at all.
+    assert REFRESH_KEY in page.evaluate("JSON.stringify(sessionStorage)")
+    assert "eyJ" not in page.evaluate("JSON.stringify(sessionStorage) + JSON.stringify(localStorage)")
 
 
 # --- two-step login --------------------------------------------------------------------------
@@ -505,6 +560,9 @@ def test_pages_and_assets_carry_their_headers(page):
         assert headers["x-frame-options"] == "DENY"
         assert headers["referrer-policy"] == "no-referrer"
         assert headers["x-content-type-options"] == "nosniff"
+        assert headers["cross-origin-opener-policy"] == "same-origin"
+        kind = {"css": "text/css", "js": "text/javascript", "svg": "image/svg+xml"}.get(path.rsplit(".", 1)[-1], "text/html")
+        assert headers["content-type"].split(";")[0] == kind, (path, headers["content-type"])
         expected = "no-cache" if path in PAGES else "public, max-age=300"
         assert headers["cache-control"] == expected, (path, headers["cache-control"])
         again = page.request.get(path, headers={"If-None-Match": headers["etag"]})
@@ -528,7 +586,9 @@ def test_the_policy_refuses_inline_script(page, watch):
     while not any("CSP violation: script-src" in p for p in watch.problems):
         assert time.monotonic() < deadline, watch.problems
         page.wait_for_timeout(50)
-    watch.problems.clear()  # the one this test caused
+    # The violations this test caused, and nothing else.
+    watch.problems[:] = [p for p in watch.problems
+                         if "CSP violation: script-src" not in p and "Executing inline script violates" not in p]
 
 
 def axe_violations(page: Page, axe_source: str) -> list[dict]:
@@ -542,6 +602,14 @@ def axe_violations(page: Page, axe_source: str) -> list[dict]:
     }""")
 
 
+def test_the_accessibility_check_sees_an_unlabelled_field(page, axe_source):
+    # The check below would pass on a page it cannot read: show that it reads ours.
+    page.goto("/")
+    page.evaluate("document.querySelector('#signin').append(document.createElement('input'))")
+    found = {v["id"]: v["impact"] for v in axe_violations(page, axe_source)}
+    assert found.get("label") in ("serious", "critical"), found
+
+
 @pytest.mark.parametrize("width", [320, 1280])
 def test_every_page_is_accessible_fits_the_width_and_is_photographed(new_context, axe_source, width):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -549,8 +617,8 @@ def test_every_page_is_accessible_fits_the_width_and_is_photographed(new_context
     page = new_context(width=width, height=800).new_page()
 
     def check(name: str) -> None:
-        serious = [v for v in axe_violations(page, axe_source) if v["impact"] in ("serious", "critical")]
-        assert not serious, f"{name} at {width} px: {serious}"
+        found = [v for v in axe_violations(page, axe_source) if v["impact"] in ("moderate", "serious", "critical")]
+        assert not found, f"{name} at {width} px: {found}"
         overflow = page.evaluate("document.documentElement.scrollWidth")
         assert overflow <= width, f"{name} at {width} px is {overflow} px wide"
         page.screenshot(path=SCREENSHOTS / f"{name}-{width}.png", full_page=True)
@@ -562,10 +630,19 @@ def test_every_page_is_accessible_fits_the_width_and_is_photographed(new_context
     page.locator("#signin-password").fill("not the password at all")
     page.get_by_role("button", name="Sign in").click()
     expect(status(page, "signin")).to_have_text("The email or password is incorrect.")
+    # At this width too, a message appearing moves nothing: the longest detail a field gets.
+    signup_button = page.get_by_role("button", name="Create account")
+    before = place(signup_button)
+    page.locator("#signup-email").fill(new_email("weak"))
+    page.locator("#signup-password").fill("password1234")
+    signup_button.click()
+    expect(page.locator("#signup-password-error")).to_contain_text("too common")
+    assert place(signup_button) == before, f"the error moved the form at {width} px"
     page.locator("#signup-email").fill("not an email")
     page.locator("#signup-password").fill(strong_password())
-    page.get_by_role("button", name="Create account").click()
+    signup_button.click()
     expect(page.locator("#signup-email-error")).to_contain_text("The email address is not valid")
+    assert place(signup_button) == before, f"the error moved the form at {width} px"
     check("sign-in-errors")
 
     signed_in(page, email, password)
@@ -574,6 +651,20 @@ def test_every_page_is_accessible_fits_the_width_and_is_photographed(new_context
     page.get_by_role("button", name="Turn on two-step login").click()
     expect(page.locator("#mfa-confirm")).to_be_visible()
     check("account-two-step")
+    authenticator = Authenticator(page.locator("#mfa-secret").text_content())
+    page.locator("#mfa-confirm").get_by_label("Code from your app").fill(authenticator.next_code())
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#recovery-codes li")).to_have_count(10)
+    check("account-recovery-codes")
+    page.get_by_role("button", name="I have saved them").click()
+    expect(page.locator("#mfa-off")).to_be_visible()
+    check("account-two-step-on")
+    page.get_by_role("button", name="Log out", exact=True).click()
+    expect(page.locator("#signed-out")).to_be_visible()
+    check("signed-out")
+    sign_in(page, email, password)
+    expect(page.locator("#mfa")).to_be_visible()
+    check("sign-in-second-step")
 
     page.goto("/verify-email#token=" + "A" * 43)
     check("verify-email")

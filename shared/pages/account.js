@@ -51,9 +51,11 @@ function device(agent) {
   return browser ?? (agent.length > 60 ? `${agent.slice(0, 60)}…` : agent);
 }
 
-// Which of the two-step login forms shows: one at a time.
-function showMfa(form) {
+// Which of the two-step login forms shows: one at a time. With `focus`, its opening line takes
+// the focus, which was on a control now hidden.
+function showMfa(form, focus = false) {
   for (const f of [forms.mfaStart, forms.mfaConfirm, forms.mfaCodes, forms.mfaOff]) show(f, f === form);
+  if (focus) form.querySelector("[tabindex='-1']")?.focus();
 }
 
 async function loadSessions() {
@@ -122,6 +124,7 @@ onSubmit(forms.resend, async () => {
 onSubmit(forms.sessions, async ({ session: id }) => {
   await session.call("DELETE", `/auth/sessions/${encodeURIComponent(id)}`);
   await loadSessions();
+  $("sessions-title").focus(); // its button is gone
   return "That session has ended.";
 });
 
@@ -141,14 +144,13 @@ onSubmit(forms.mfaStart, async ({ password }) => {
   $("mfa-qr").src = enrolment.qr_code;
   $("mfa-secret").textContent = enrolment.secret;
   forms.mfaConfirm.reset();
-  showMfa(forms.mfaConfirm);
-  $("mfa-scan").focus();
+  showMfa(forms.mfaConfirm, true);
 });
 
 $("mfa-confirm-cancel").addEventListener("click", () => {
   $("mfa-qr").removeAttribute("src");
   $("mfa-secret").textContent = "";
-  showMfa(forms.mfaStart);
+  showMfa(forms.mfaStart, true);
 });
 
 onSubmit(forms.mfaConfirm, async ({ code }) => {
@@ -163,8 +165,7 @@ onSubmit(forms.mfaConfirm, async ({ code }) => {
     }),
   );
   showUser({ ...user, mfa_enabled: true });
-  showMfa(forms.mfaCodes);
-  $("mfa-codes-intro").focus();
+  showMfa(forms.mfaCodes, true);
   await loadSessions();
 });
 
@@ -184,7 +185,7 @@ $("copy-codes").addEventListener("click", async () => {
 onSubmit(forms.mfaCodes, async () => {
   $("recovery-codes").replaceChildren();
   forms.mfaOff.reset();
-  showMfa(forms.mfaOff);
+  showMfa(forms.mfaOff, true);
 });
 
 let offWithPassword = false;
@@ -207,7 +208,7 @@ onSubmit(forms.mfaOff, async ({ code, password }) => {
   offMethod(false);
   forms.mfaOff.reset();
   showUser({ ...user, mfa_enabled: false });
-  showMfa(forms.mfaStart);
+  showMfa(forms.mfaStart, true);
   setStatus(forms.mfaStart, "Two-step login is off, and your other sessions were signed out.", "ok");
   await loadSessions();
 });

@@ -51,12 +51,32 @@ function startOver(message) {
   signin.elements.password.focus();
 }
 
+const resend = document.getElementById("signin-resend");
+
 onSubmit(signin, async ({ email, password }) => {
+  show(resend, false);
   try {
     signedIn(await api("POST", "/auth/login", { email, password }));
   } catch (problem) {
+    // REQUIRE_VERIFIED_EMAIL: the account page is out of reach, so the new link is asked for here.
+    if (problem.code === "email_not_verified") show(resend);
     if (problem.code !== "mfa_required") throw problem;
     secondStep(problem.document.mfa_token);
+  }
+});
+
+resend.addEventListener("click", async () => {
+  const email = signin.elements.email.value.trim();
+  resend.disabled = true;
+  try {
+    await api("POST", "/auth/email/verify/resend", { email });
+    show(resend, false);
+    setStatus(signin, `We sent a new link to ${email}: follow it, then sign in.`, "ok");
+    signin.elements.password.focus();
+  } catch (problem) {
+    setStatus(signin, describe(problem));
+  } finally {
+    resend.disabled = false;
   }
 });
 

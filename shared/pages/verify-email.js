@@ -22,6 +22,9 @@ onSubmit(form, async () => {
     show(document.getElementById("verify-intro"), false);
     return `Thank you: ${user.email} is verified.`;
   } finally {
-    show(document.getElementById("next"));
+    // The button may be gone: focus goes to what comes next.
+    const next = document.getElementById("next");
+    show(next);
+    next.focus();
   }
 });

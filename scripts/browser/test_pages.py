@@ -89,6 +89,12 @@ def place(locator) -> tuple[float, float]:
     return locator.evaluate("e => { const r = e.getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY]; }")
 
 
+def log_out(page: Page) -> None:
+    """Log out here, and wait for it to finish (leaving mid-call would keep the refresh token)."""
+    page.get_by_role("button", name="Log out", exact=True).click()
+    expect(page.locator("#signed-out")).to_be_visible()
+
+
 def session_rows(page: Page):
     return page.locator("#sessions-list li")
 
@@ -472,7 +478,7 @@ def test_two_step_login_on_sign_in_with_a_code_and_a_recovery_code_then_off(new_
     expect(page.locator("#mfa-off")).to_be_visible()
     expect(page.locator("#user-mfa")).to_have_text("On")
 
-    page.get_by_role("button", name="Log out", exact=True).click()
+    log_out(page)
     sign_in(page, email, password)
     step = page.locator("#mfa")
     expect(step).to_be_visible()
@@ -486,7 +492,7 @@ def test_two_step_login_on_sign_in_with_a_code_and_a_recovery_code_then_off(new_
     expect_account(page, email)
     expect(page.locator("#sessions-list li[data-current=true]")).to_contain_text("with two-step login")
 
-    page.get_by_role("button", name="Log out", exact=True).click()
+    log_out(page)
     sign_in(page, email, password)
     page.get_by_role("button", name="Use a recovery code instead").click()
     step.get_by_label("Recovery code").fill(codes[0])
@@ -494,7 +500,7 @@ def test_two_step_login_on_sign_in_with_a_code_and_a_recovery_code_then_off(new_
     expect_account(page, email)
 
     # A used recovery code is refused.
-    page.get_by_role("button", name="Log out", exact=True).click()
+    log_out(page)
     sign_in(page, email, password)
     page.get_by_role("button", name="Use a recovery code instead").click()
     step.get_by_label("Recovery code").fill(codes[0])
@@ -512,7 +518,7 @@ def test_two_step_login_on_sign_in_with_a_code_and_a_recovery_code_then_off(new_
     expect(page.locator("#mfa-start")).to_be_visible()
     expect(status(page, "mfa-start")).to_contain_text("Two-step login is off")
     expect(page.locator("#user-mfa")).to_have_text("Off")
-    page.get_by_role("button", name="Log out", exact=True).click()
+    log_out(page)
     signed_in(page, email, password)  # no second step now
 
 
@@ -521,7 +527,7 @@ def test_keyboard_alone_signs_in_with_the_second_step_and_logs_out(page):
     signed_in(page, email, password)
     authenticator, _ = turn_on_totp(page, password)
     page.get_by_role("button", name="I have saved them").click()
-    page.get_by_role("button", name="Log out", exact=True).click()
+    log_out(page)
 
     def tab_to(check: str, limit: int = 60) -> None:
         for _ in range(limit):

@@ -150,11 +150,25 @@ JWT_PRIVATE_KEY="$(openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 
 # (each takes minutes, mostly waiting on the other's requests): as a stranger, with the default
 # limits on, beside the first pass; with real accounts, the per-address limit off (one client
 # address would otherwise meet 429 at its 61st sign-up), beside the second.
+fresh_database() {  # fresh_database NAME: a new database on the test cluster, migrated; prints its URL
+  local url
+  scripts/pg.sh psql test "$DB_PORT" -qc "CREATE DATABASE $1"
+  url="$(scripts/pg.sh url test "$DB_PORT" "$1")"
+  DATABASE_URL="$url" cargo run --quiet -p cli --bin authctl -- migrate >&2
+  echo "$url"
+}
+background_done() {  # background_done PID OUTPUT WHAT PORT: a background run's outcome, into the log
+  local rc=0
+  wait "$1" || rc=$?
+  tee -a "$LOG" <"$2"
+  if [[ $rc -ne 0 ]]; then
+    echo "$3 failed; the functions' log is in target/e2e-watch-$4.log" >&2
+    exit 1
+  fi
+}
 contract() {  # contract MODE PORT [IP_RATE_LIMIT_PER_MINUTE]: a fresh API, MODE run against it
   local mode="$1" port="$2" url
-  scripts/pg.sh psql test "$DB_PORT" -qc "CREATE DATABASE contract_$mode"
-  url="$(scripts/pg.sh url test "$DB_PORT" "contract_$mode")"
-  DATABASE_URL="$url" cargo run --quiet -p cli --bin authctl -- migrate
+  url="$(fresh_database "contract_$mode")"
   if [[ -n "${3:-}" ]]; then
     IP_RATE_LIMIT_PER_MINUTE="$3" serve "$port" "$url"
   else
@@ -165,14 +179,9 @@ contract() {  # contract MODE PORT [IP_RATE_LIMIT_PER_MINUTE]: a fresh API, MODE
   eval "CONTRACT_${mode^^}_PID=$!"
 }
 contract_done() {  # contract_done MODE PORT: its outcome, into the log
-  local mode="$1" port="$2" pid_var="CONTRACT_${1^^}_PID" rc=0
+  local mode="$1" pid_var="CONTRACT_${1^^}_PID"
   step "contract: schemathesis, $mode (ran beside an end-to-end pass)"
-  wait "${!pid_var}" || rc=$?
-  tee -a "$LOG" <"$ROOT/target/contract-$mode.log"
-  if [[ $rc -ne 0 ]]; then
-    echo "the contract run ($mode) failed; the functions' log is in target/e2e-watch-$port.log" >&2
-    exit 1
-  fi
+  background_done "${!pid_var}" "$ROOT/target/contract-$mode.log" "the contract run ($mode)" "$2"
 }
 
 # The pages in headless Chromium (scripts/browser), against an API and a database of their own,
@@ -181,9 +190,7 @@ contract_done() {  # contract_done MODE PORT: its outcome, into the log
 # mail's links), is that API's own base URL, as make dev's is.
 browser_tests() {  # browser_tests PORT
   local port="$1" url
-  scripts/pg.sh psql test "$DB_PORT" -qc "CREATE DATABASE browser"
-  url="$(scripts/pg.sh url test "$DB_PORT" browser)"
-  DATABASE_URL="$url" cargo run --quiet -p cli --bin authctl -- migrate
+  url="$(fresh_database browser)"
   IP_RATE_LIMIT_PER_MINUTE=0 JWT_ISSUER="http://127.0.0.1:$port" serve "$port" "$url"
   API_URL="http://127.0.0.1:$port" DATABASE_URL="$url" \
     setsid "$VENV/bin/pytest" -q -p no:cacheprovider scripts/browser >"$ROOT/target/browser.log" 2>&1 &
@@ -191,14 +198,8 @@ browser_tests() {  # browser_tests PORT
   CONTRACT_PIDS="${CONTRACT_PIDS:-} $!"
 }
 browser_tests_done() {  # browser_tests_done PORT
-  local rc=0
   step "the pages in headless Chromium (ran beside the second end-to-end pass; screenshots in target/screenshots)"
-  wait "$BROWSER_PID" || rc=$?
-  tee -a "$LOG" <"$ROOT/target/browser.log"
-  if [[ $rc -ne 0 ]]; then
-    echo "the browser tests failed; the functions' log is in target/e2e-watch-$1.log" >&2
-    exit 1
-  fi
+  background_done "$BROWSER_PID" "$ROOT/target/browser.log" "the browser tests" "$1"
 }
 
 contract stranger $((E2E_PORT + 30))

@@ -95,6 +95,15 @@ def log_out(page: Page) -> None:
     expect(page.locator("#signed-out")).to_be_visible()
 
 
+def two_sessions(new_context, email: str, password: str) -> tuple[Page, Page]:
+    """The account signed in from two browsers: (this one, the other), this one signed in last."""
+    other = new_context().new_page()
+    signed_in(other, email, password)
+    page = new_context().new_page()
+    signed_in(page, email, password)
+    return page, other
+
+
 def session_rows(page: Page):
     return page.locator("#sessions-list li")
 
@@ -324,10 +333,7 @@ def test_forgot_then_reset_signs_out_everywhere_and_refuses_a_weak_password(new_
 
 def test_sessions_are_listed_and_ended_and_the_password_changed(new_context):
     email, password, _ = account()
-    other = new_context().new_page()
-    signed_in(other, email, password)
-    page = new_context().new_page()
-    signed_in(page, email, password)
+    page, other = two_sessions(new_context, email, password)
 
     rows = session_rows(page)
     expect(rows).to_have_count(2)
@@ -374,10 +380,7 @@ def test_sessions_are_listed_and_ended_and_the_password_changed(new_context):
 
 def test_log_out_here_then_everywhere(new_context):
     email, password, _ = account()
-    other = new_context().new_page()
-    signed_in(other, email, password)
-    page = new_context().new_page()
-    signed_in(page, email, password)
+    page, other = two_sessions(new_context, email, password)
 
     page.get_by_role("button", name="Log out", exact=True).click()
     expect(page.locator("#signed-out-why")).to_have_text("You logged out.")
